@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RTO := $(VENV)/bin/rto
+# torch is installed first and pinned (constraints.txt, also inside pip's build environments)
+# so that no dependency swaps the CPU build for gigabytes of CUDA wheels.
+TORCH ?= torch==2.13.0
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Stable timings and no oversubscription on small CI machines.
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: venv run test bench crd docs generate clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[train,operator,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Until the trainer lands (issue #4) this validates and plans the embedded tiny run.
+run: venv
+	$(RTO) validate -f manifests/examples/tiny.yaml
+	$(RTO) plan -f manifests/examples/tiny.yaml
+	$(RTO) plan --preset fast --gpu-memory 24Gi
+	@echo "make run: the trainer stages (select, sft, rl, eval) arrive with the trainer; this run planned them."
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) bench/planner_memory.py
+
+crd: venv
+	$(PY) -m reasoning_operator.crd
+
+docs: venv
+	$(PY) -m reasoning_trainer.schema.reference > docs/configuration.md
+
+generate: crd docs
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

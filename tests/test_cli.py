@@ -1,0 +1,77 @@
+"""``rto plan`` and ``rto validate`` as a user runs them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT, resource
+from reasoning_trainer.cli import main
+
+RTO = Path(sys.executable).with_name("rto")
+
+
+def test_console_script_plans_a_preset():
+    result = subprocess.run([str(RTO), "plan", "--preset", "fast", "--gpu-memory", "24Gi"],
+                            capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Plan for run 'fast' (preset fast) on 24 GiB GPUs"
+    assert lines[2].split() == ["STAGE", "GPUS", "PRECISION", "ZERO", "CKPT", "BATCH", "MEM/GPU", "PLACEMENT"]
+    rl = next(line for line in lines if line.startswith("rl "))
+    assert rl.split()[:3] == ["rl", "1", "bf16"]
+    assert "generator->cuda:0" in rl
+
+
+def test_plan_json_has_snake_case_keys(capsys):
+    assert main(["plan", "-f", str(ROOT / "manifests/examples/run.yaml"), "--gpu-memory", "80Gi", "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["run"] == "gsm8k-fast"
+    assert data["gpu_memory_gib"] == 80
+    rl = data["stages"]["rl"]
+    assert {"gpus", "load_in_8bit", "zero_stage", "memory_gib", "placement"} <= set(rl)
+    assert rl["load_in_8bit"] == {"generator": False, "rewardModel": False}
+
+
+def test_plan_yaml_is_the_same_plan(capsys):
+    main(["plan", "--preset", "full", "-o", "json"])
+    as_json = json.loads(capsys.readouterr().out)
+    main(["plan", "--preset", "full", "-o", "yaml"])
+    assert yaml.safe_load(capsys.readouterr().out) == as_json
+
+
+def test_gpu_memory_flag_changes_the_plan(capsys):
+    main(["plan", "--preset", "full", "--gpu-memory", "24Gi", "-o", "json"])
+    small = json.loads(capsys.readouterr().out)
+    main(["plan", "--preset", "full", "--gpu-memory", "80Gi", "-o", "json"])
+    large = json.loads(capsys.readouterr().out)
+    assert small["stages"]["rl"]["load_in_8bit"]["generator"] is True
+    assert large["stages"]["rl"]["load_in_8bit"]["generator"] is False
+
+
+def test_validate_accepts_the_examples(capsys):
+    for example in sorted((ROOT / "manifests/examples").glob("*.yaml")):
+        assert main(["validate", "-f", str(example)]) == 0, example
+    assert "is valid" in capsys.readouterr().out
+
+
+def test_validate_exits_nonzero_with_field_paths(write_manifest, capsys):
+    path = write_manifest(resource({"preset": "fast", "stages": {"sft": {"batchSize": 0, "learningRate": -1}}}))
+    assert main(["validate", "-f", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.stages.sft.batchSize: must be at least 1, got 0" in err
+    assert "spec.stages.sft.learningRate: must be greater than 0" in err
+
+
+def test_validate_reports_a_plan_that_cannot_fit(write_manifest, capsys):
+    path = write_manifest(resource({"preset": "full", "models": {"generator": {"loadIn8bit": False}}}))
+    assert main(["validate", "-f", str(path)]) == 1
+    assert "spec.stages.rl: does not fit on 24 GiB GPUs" in capsys.readouterr().err
+
+
+def test_invalid_yaml_is_reported(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("spec: [unclosed\n")
+    assert main(["validate", "-f", str(path)]) == 1
+    assert "is not valid YAML" in capsys.readouterr().err

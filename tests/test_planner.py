@@ -1,0 +1,126 @@
+"""The planner reproduces the reference's GPU table and says what would fit when nothing does."""
+
+import json
+
+import pytest
+
+from reasoning_trainer.planner import PlanError, plan_run
+from reasoning_trainer.planner.architectures import architecture_for
+from reasoning_trainer.planner.memory import GIB, weight_bytes
+from reasoning_trainer.schema import validate_spec
+from reasoning_trainer.schema.models import LanguageModelSpec
+
+
+def plan(preset: str, memory: str, **overrides):
+    return plan_run(validate_spec({"preset": preset, **overrides}), memory)
+
+
+def test_fast_on_24gib_trains_the_prm_on_one_gpu_then_searches_on_one_gpu():
+    stages = plan("fast", "24Gi").stages
+    assert stages["sft"].gpus == 1
+    assert 6 <= stages["sft"].memory_gib <= 11  # reference: ~9 GB
+    assert stages["sft"].gradient_checkpointing is True
+    assert stages["rl"].gpus == 1
+    assert 11 <= stages["rl"].memory_gib <= 14  # reference: 11-14 GB
+    assert stages["rl"].placement == {"generator": "cuda:0", "rewardModel": "cuda:0", "policy": "cuda:0"}
+    assert not any(stages["rl"].load_in_8bit.values())
+
+
+def test_2gpu_on_24gib_trains_on_one_gpu_then_splits_the_models_over_two():
+    stages = plan("2gpu", "24Gi").stages
+    assert stages["sft"].gpus == 1
+    rl = stages["rl"]
+    assert rl.gpus == 2
+    assert rl.placement == {"generator": "cuda:0", "rewardModel": "cuda:1", "policy": "cuda:1"}
+    assert 22 <= rl.total_memory_gib <= 27  # reference: ~22-27 GB over both GPUs
+    assert not any(rl.load_in_8bit.values())
+
+
+def test_full_on_24gib_loads_the_generator_in_8bit_over_two_gpus():
+    rl = plan("full", "24Gi").stages["rl"]
+    assert rl.gpus == 2
+    assert rl.load_in_8bit == {"generator": True, "rewardModel": False}
+    assert rl.memory_gib <= 24 * 0.92
+
+
+def test_full_on_80gib_needs_no_8bit():
+    stages = plan("full", "80Gi").stages
+    assert not any(flag for stage in stages.values() for flag in stage.load_in_8bit.values())
+    assert stages["rl"].gpus == 1
+
+
+def test_bigger_gpus_drop_gradient_checkpointing():
+    assert plan("fast", "80Gi").stages["sft"].gradient_checkpointing is False
+
+
+def test_every_stage_fits_its_gpus():
+    for preset in ("fast", "2gpu", "full"):
+        for memory, gib in (("24Gi", 24), ("80Gi", 80)):
+            for name, stage in plan(preset, memory).stages.items():
+                assert stage.memory_gib <= gib * 0.92, (preset, memory, name)
+
+
+def test_full_fine_tuning_too_big_for_one_gpu_is_sharded_with_zero():
+    spec = {"models": {"rewardModel": {"lora": None}}, "stages": {"sft": {"batchSize": 4}}}
+    sft = plan("2gpu", "40Gi", **spec).stages["sft"]
+    assert sft.gpus > 1
+    assert sft.zero_stage in (2, 3)
+    assert sft.placement["rewardModel"].endswith("(data parallel)")
+
+
+def test_pinned_choices_are_respected():
+    spec = {"stages": {"sft": {"gradientCheckpointing": True, "gpus": 2, "zeroStage": 3}}}
+    sft = plan("fast", "80Gi", **spec).stages["sft"]
+    assert (sft.gpus, sft.zero_stage, sft.gradient_checkpointing) == (2, 3, True)
+
+
+def test_nothing_fits_names_changes_that_would():
+    with pytest.raises(PlanError) as caught:
+        plan("full", "24Gi", models={"generator": {"loadIn8bit": False}})
+    message = str(caught.value)
+    assert message.startswith("spec.stages.rl: does not fit on 24 GiB GPUs")
+    assert "models.generator.loadIn8bit: true" in message
+    assert "gpu.type: " in message
+
+
+def test_full_fine_tuning_that_cannot_fit_suggests_lora():
+    with pytest.raises(PlanError) as caught:
+        plan("full", "24Gi", models={"rewardModel": {"lora": None}}, stages={"sft": {"gpus": 1}})
+    assert "models.rewardModel.lora: {r: 16}" in str(caught.value)
+
+
+def test_cpu_runs_plan_no_gpus():
+    stages = plan("tiny", None).stages
+    assert all(stage.gpus == 0 for stage in stages.values())
+    assert all(device == "cpu" for stage in stages.values() for device in stage.placement.values())
+
+
+def test_sizes_come_from_a_local_config(tmp_path):
+    config = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 512, "vocab_size": 1000, "tie_word_embeddings": True, "model_type": "qwen2"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    arch = architecture_for(LanguageModelSpec.model_validate({"name": str(tmp_path)}))
+    assert (arch.layers, arch.hidden, arch.kv_dim, arch.source) == (4, 256, 128, str(tmp_path / "config.json"))
+
+
+def test_known_models_match_their_published_parameter_counts():
+    for name, billions in [("Qwen/Qwen2.5-1.5B-Instruct", 1.54), ("Qwen/Qwen2.5-7B-Instruct", 7.62),
+                           ("Qwen/Qwen2.5-14B-Instruct", 14.77), ("meta-llama/Llama-3.1-8B", 8.03)]:
+        arch = architecture_for(LanguageModelSpec.model_validate({"name": name}))
+        assert arch.parameters / 1e9 == pytest.approx(billions, abs=0.01)
+
+
+def test_unknown_models_need_a_parameter_count():
+    spec = {"preset": "fast", "models": {"generator": {"name": "acme/secret-model"}}}
+    with pytest.raises(PlanError) as caught:
+        plan_run(validate_spec(spec), "24Gi")
+    assert str(caught.value).startswith("spec.models.generator.parameters: cannot tell the size of 'acme/secret-model'")
+    spec["models"]["generator"]["parameters"] = "7B"
+    assert plan_run(validate_spec(spec), "80Gi").stages["rl"].gpus >= 1
+
+
+def test_8bit_keeps_embeddings_in_16bit():
+    arch = architecture_for(LanguageModelSpec.model_validate({"name": "Qwen/Qwen2.5-14B-Instruct"}))
+    eight = weight_bytes(arch, "bfloat16", True)
+    assert eight == (arch.parameters - arch.embedding_parameters) + 2 * arch.embedding_parameters
+    assert eight / GIB < weight_bytes(arch, "bfloat16", False) / GIB / 1.7

@@ -1,0 +1,120 @@
+"""``rto``: validate and plan runs (and, as later commands land, train and operate them).
+
+Imports stay light at the top: the operator image runs this CLI without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from . import presets
+from .planner import PlanError, RunPlan, plan_run
+from .schema import RunValidationError, load_run_file, validate_spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rto", description="reasoning-operator: plan and run reasoning-model "
+                                                             "post-training pipelines")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    plan = commands.add_parser("plan", help="show GPUs, precision, ZeRO and memory per stage")
+    source = plan.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--filename", help="a ReasoningTraining manifest (or a bare spec)")
+    source.add_argument("--preset", choices=presets.available(), help="plan a preset as it is")
+    plan.add_argument("--gpu-memory", metavar="QUANTITY", help="memory per GPU, e.g. 24Gi or 80Gi "
+                                                               "(overrides spec.gpu)")
+    plan.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    plan.set_defaults(handler=_plan)
+
+    validate = commands.add_parser("validate", help="check a manifest; exit 1 with field-path messages if invalid")
+    validate.add_argument("-f", "--filename", required=True)
+    validate.add_argument("--gpu-memory", metavar="QUANTITY", help="check the plan against this GPU memory")
+    validate.set_defaults(handler=_validate)
+
+    listing = commands.add_parser("presets", help="list the presets")
+    listing.set_defaults(handler=_presets)
+    return parser
+
+
+def _plan(args: argparse.Namespace) -> int:
+    try:
+        if args.preset:
+            name, spec = args.preset, validate_spec({"preset": args.preset})
+        else:
+            name, spec = load_run_file(args.filename)
+        plan = plan_run(spec, args.gpu_memory)
+    except (RunValidationError, PlanError) as error:
+        return _fail(error)
+    data = {"run": name, "preset": spec.preset, **plan.to_dict()}
+    if args.output == "json":
+        print(json.dumps(data, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        print(render_table(name, spec.preset, plan))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        name, spec = load_run_file(args.filename)
+        plan_run(spec, args.gpu_memory)
+    except (RunValidationError, PlanError) as error:
+        return _fail(error)
+    stages = ", ".join(spec.enabled_stages()) or "none"
+    print(f"{args.filename}: run '{name}' is valid (preset {spec.preset or 'none'}; stages: {stages})")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    for name in presets.available():
+        spec = validate_spec({"preset": name})
+        generator = spec.models.generator.name if spec.models.generator else "-"
+        reward_model = spec.models.reward_model.name if spec.models.reward_model else "-"
+        print(f"{name:6} generator {generator:28} reward model {reward_model}")
+    return 0
+
+
+def _fail(error: RunValidationError | PlanError) -> int:
+    print("invalid:", file=sys.stderr)
+    for issue in error.issues:
+        print(f"  {issue}", file=sys.stderr)
+    return 1
+
+
+def render_table(name: str, preset: str | None, plan: RunPlan) -> str:
+    where = "CPU" if plan.gpu_memory_gib is None else f"{plan.gpu_memory_gib:g} GiB GPUs"
+    header = ["STAGE", "GPUS", "PRECISION", "ZERO", "CKPT", "BATCH", "MEM/GPU", "PLACEMENT"]
+    rows = [header]
+    for stage, planned in plan.stages.items():
+        rows.append([
+            stage,
+            str(planned.gpus),
+            planned.precision,
+            "-" if planned.zero_stage is None else str(planned.zero_stage),
+            {None: "-", True: "yes", False: "no"}[planned.gradient_checkpointing],
+            str(planned.batch_size),
+            f"{planned.memory_gib:.1f} GiB",
+            ", ".join(f"{role}->{device}" for role, device in planned.placement.items()),
+        ])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [f"Plan for run '{name}' (preset {preset or 'none'}) on {where}", ""]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

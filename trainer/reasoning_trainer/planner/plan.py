@@ -1,0 +1,393 @@
+"""The planner: for every stage, the fewest GPUs, the precision, ZeRO stage and gradient
+checkpointing under which the stage's estimated peak memory fits, and where each model goes.
+
+Preferences, in order (docs/planner.md explains why):
+1. 16-bit weights over 8-bit: 8-bit only when 16-bit fits on no GPU count the stage may use;
+2. fewer GPUs over more; 3. no gradient checkpointing over checkpointing; ZeRO-2 over ZeRO-3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import product
+
+from ..schema.base import quantity_gib
+from ..schema.cluster import GPU_TYPES
+from ..schema.errors import Issue
+from ..schema.models import LanguageModelSpec
+from ..schema.run import RunSpec
+from .architectures import Architecture, UnknownArchitecture, architecture_for
+from .memory import (
+    Estimate, TrainingSetup, forward_workspace_bytes, inference_weights, kv_cache_bytes,
+    policy_network_bytes, training_estimate,
+)
+
+# Share of a GPU's memory a plan may fill; the rest absorbs allocator spikes and
+# fragmentation the model does not see.
+MEMORY_BUDGET = 0.92
+ROLES = {"generator": "generator", "rewardModel": "reward_model"}
+
+
+class PlanError(ValueError):
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        super().__init__("\n".join(str(issue) for issue in issues))
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    gpus: int
+    nodes: int
+    load_in_8bit: dict[str, bool]
+    placement: dict[str, str]
+    devices: list[Estimate]
+    zero_stage: int | None = None
+    gradient_checkpointing: bool | None = None
+    batch_size: int | None = None
+    trains: list[str] = field(default_factory=list)
+
+    @property
+    def memory_gib(self) -> float:
+        return max(device.total for device in self.devices)
+
+    @property
+    def total_memory_gib(self) -> float:
+        return sum(device.total for device in self.devices)
+
+    @property
+    def precision(self) -> str:
+        eight = [role for role, on in self.load_in_8bit.items() if on]
+        return "bf16" if not eight else "8-bit " + "+".join(eight)
+
+    def to_dict(self) -> dict:
+        return {
+            "gpus": self.gpus,
+            "nodes": self.nodes,
+            "load_in_8bit": dict(self.load_in_8bit),
+            "zero_stage": self.zero_stage,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "batch_size": self.batch_size,
+            "trains": list(self.trains),
+            "memory_gib": round(self.memory_gib, 2),
+            "total_memory_gib": round(self.total_memory_gib, 2),
+            "placement": dict(self.placement),
+            "breakdown_gib": [
+                {name: round(gib, 2) for name, gib in device.parts.items()} for device in self.devices
+            ],
+        }
+
+
+@dataclass
+class RunPlan:
+    device: str
+    gpu_memory_gib: float | None
+    stages: dict[str, StagePlan]
+
+    @property
+    def gpus(self) -> int:
+        return max((stage.gpus for stage in self.stages.values()), default=0)
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device,
+            "gpu_memory_gib": self.gpu_memory_gib,
+            "gpus": self.gpus,
+            "stages": {name: stage.to_dict() for name, stage in self.stages.items()},
+        }
+
+
+@dataclass(frozen=True)
+class _Context:
+    spec: RunSpec
+    gpu_memory_gib: float | None  # None on CPU
+
+    @property
+    def budget_gib(self) -> float:
+        return float("inf") if self.gpu_memory_gib is None else self.gpu_memory_gib * MEMORY_BUDGET
+
+    def fits(self, devices: list[Estimate]) -> bool:
+        return all(device.total <= self.budget_gib for device in devices)
+
+
+def gpu_memory_gib(spec: RunSpec, override: str | None = None) -> float | None:
+    if spec.device == "cpu":
+        return None
+    if override:
+        return quantity_gib(override)
+    if spec.gpu.memory:
+        return quantity_gib(spec.gpu.memory)
+    return GPU_TYPES[spec.gpu.type]
+
+
+def plan_run(spec: RunSpec, gpu_memory: str | None = None) -> RunPlan:
+    """Plan every enabled stage, or raise PlanError naming what would make each one fit."""
+    context = _Context(spec, gpu_memory_gib(spec, gpu_memory))
+    architectures, issues = _architectures(spec)
+    if issues:
+        raise PlanError(issues)
+    stages, issues = {}, []
+    for name in spec.enabled_stages():
+        planned = _PLANNERS[name](context, architectures)
+        if planned is None:
+            issues.append(Issue(f"spec.stages.{name}", _no_fit_message(context, name, architectures)))
+        else:
+            stages[name] = planned
+    if issues:
+        raise PlanError(issues)
+    return RunPlan(spec.device, context.gpu_memory_gib, stages)
+
+
+def _architectures(spec: RunSpec) -> tuple[dict[str, Architecture], list[Issue]]:
+    found, issues = {}, []
+    for role, attribute in ROLES.items():
+        model = getattr(spec.models, attribute)
+        if model is None:
+            continue
+        try:
+            found[role] = architecture_for(model)
+        except UnknownArchitecture as error:
+            issues.append(Issue(f"spec.models.{role}.parameters", str(error)))
+    return found, issues
+
+
+def _model(spec: RunSpec, role: str) -> LanguageModelSpec:
+    return getattr(spec.models, ROLES[role])
+
+
+def _device_name(context: _Context, index: int) -> str:
+    return "cpu" if context.gpu_memory_gib is None else f"cuda:{index}"
+
+
+def _gpu_counts(context: _Context, pinned: int | None, most: int) -> list[int]:
+    if context.gpu_memory_gib is None:
+        return [0]
+    if pinned is not None:
+        return [pinned]
+    return [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if n <= most]
+
+
+def _eight_bit_choices(context: _Context, roles: list[str]) -> list[dict[str, bool]]:
+    """8-bit settings to try in order: none, then the largest model first, then all.
+    A model whose spec pins loadIn8bit keeps that value in every choice."""
+    if context.gpu_memory_gib is None:
+        return [{role: bool(_model(context.spec, role).load_in_8bit) for role in roles}]
+    pinned = {role: _model(context.spec, role).load_in_8bit for role in roles}
+    choices = []
+    free = [role for role in roles if pinned[role] is None]
+    for count in range(len(free) + 1):
+        chosen = set(free[:count])
+        choice = {role: pinned[role] if pinned[role] is not None else role in chosen for role in roles}
+        if choice not in choices:
+            choices.append(choice)
+    return choices
+
+
+# ---------------------------------------------------------------- training (sft)
+
+def _plan_sft(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
+    stage = context.spec.stages.sft
+    roles = {"generator": ["generator"], "reward-model": ["rewardModel"],
+             "both": ["rewardModel", "generator"]}[stage.target]
+    most = context.spec.gpu.max_per_node * stage.nodes
+    eight_bit_choices = [choice for choice in _eight_bit_choices(context, roles)
+                         if all(_model(context.spec, r).lora or not on for r, on in choice.items())]
+    for eight_bit in eight_bit_choices:
+        for gpus in _gpu_counts(context, stage.gpus, most):
+            zeros = [stage.zero_stage] if stage.zero_stage is not None else ([0] if gpus <= 1 else [2, 3])
+            ckpts = [stage.gradient_checkpointing] if stage.gradient_checkpointing is not None else [False, True]
+            for zero, ckpt in product(zeros, ckpts):
+                devices = [_training_device(context, archs, roles, eight_bit, gpus, zero, ckpt,
+                                            stage.batch_size, stage.max_seq_length, stage.optimizer)]
+                if context.fits(devices):
+                    placement = {role: _spread(context, gpus, stage.nodes) for role in roles}
+                    return StagePlan("sft", gpus, stage.nodes, eight_bit, placement, devices,
+                                     zero_stage=zero, gradient_checkpointing=ckpt,
+                                     batch_size=stage.batch_size, trains=roles)
+    return None
+
+
+def _training_device(context, archs, roles, eight_bit, gpus, zero, ckpt, batch, seq, optimizer) -> Estimate:
+    """Peak of the worst trained model: models of a stage train one after the other."""
+    worst = None
+    for role in roles:
+        model = _model(context.spec, role)
+        setup = TrainingSetup(
+            arch=archs[role], dtype=model.dtype, load_in_8bit=eight_bit[role],
+            lora_rank=model.lora.r if model.lora else None,
+            lora_targets=tuple(model.lora.target_modules) if model.lora else (),
+            optimizer=optimizer, micro_batch=batch, seq_len=seq, gradient_checkpointing=ckpt,
+            zero_stage=zero, gpus=gpus, lm_head=role == "generator",
+        )
+        estimate = training_estimate(setup, role)
+        if worst is None or estimate.total > worst.total:
+            worst = estimate
+    return worst
+
+
+def _spread(context: _Context, gpus: int, nodes: int) -> str:
+    if context.gpu_memory_gib is None:
+        return "cpu"
+    if gpus == 1:
+        return "cuda:0"
+    per_node = gpus // nodes
+    where = f"cuda:0-{per_node - 1}" + (f" on {nodes} nodes" if nodes > 1 else "")
+    return f"{where} (data parallel)"
+
+
+# ---------------------------------------------------------------- rl
+
+def _plan_rl(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
+    stage = context.spec.stages.rl
+    if stage.algorithm == "grpo":
+        return _plan_grpo(context, archs)
+    generator, reward_model = context.spec.models.generator, context.spec.models.reward_model
+    path_tokens = generator.generation.max_prompt_tokens + stage.pgts.max_depth * generator.generation.max_new_tokens
+    step_tokens = max(generator.generation.max_prompt_tokens, generator.generation.max_new_tokens)
+    policy = context.spec.models.policy
+
+    def generator_side(eight_bit, problems):
+        arch = archs["generator"]
+        estimate = inference_weights(arch, generator.dtype, eight_bit["generator"], "generator")
+        # The KV cache is reused along each problem's current path; one path per problem in flight.
+        estimate.add("generator kv cache", kv_cache_bytes(arch, problems, path_tokens))
+        estimate.add("generator workspace", forward_workspace_bytes(arch, problems * step_tokens))
+        return estimate
+
+    def scorer_side(eight_bit, problems):
+        arch = archs["rewardModel"]
+        estimate = inference_weights(arch, reward_model.dtype, eight_bit["rewardModel"], "rewardModel")
+        estimate.add("rewardModel workspace", forward_workspace_bytes(arch, problems * path_tokens))
+        estimate.add("policy network", policy_network_bytes(
+            policy.hidden_size, policy.layers, archs["generator"].hidden, problems * stage.pgts.max_nodes))
+        return estimate
+
+    return _place_two_sides(context, "rl", stage, generator_side, scorer_side,
+                            _halvings(stage.pgts.search_batch), trains=["policy"], with_policy=True)
+
+
+def _place_two_sides(context, name, stage, first, second, batches, trains, with_policy) -> StagePlan | None:
+    """Generator on one GPU; reward model (and policy) on a second one when one GPU is too small.
+    Each model sits whole on one device: explicit placement, never a blind device_map."""
+    for eight_bit in _eight_bit_choices(context, ["generator", "rewardModel"]):
+        for gpus in _gpu_counts(context, stage.gpus, 2):
+            for batch in batches:
+                if gpus <= 1:
+                    devices = [first(eight_bit, batch).merged(second(eight_bit, batch))]
+                    where = {"generator": _device_name(context, 0), "rewardModel": _device_name(context, 0)}
+                else:
+                    devices = [first(eight_bit, batch), second(eight_bit, batch)]
+                    where = {"generator": "cuda:0", "rewardModel": "cuda:1"}
+                if with_policy:
+                    where["policy"] = where["rewardModel"]
+                if context.fits(devices):
+                    return StagePlan(name, gpus, 1, eight_bit, where, devices, trains=trains, batch_size=batch)
+    return None
+
+
+def _plan_grpo(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
+    stage = context.spec.stages.rl
+    generator, reward_model = context.spec.models.generator, context.spec.models.reward_model
+    seq = generator.generation.max_prompt_tokens + stage.grpo.max_completion_tokens
+    most = context.spec.gpu.max_per_node * stage.nodes
+    roles = ["generator"] + (["rewardModel"] if reward_model and stage.grpo.prm_weight > 0 else [])
+    for eight_bit in _eight_bit_choices(context, roles):
+        if eight_bit["generator"] and not generator.lora:
+            continue
+        for gpus in _gpu_counts(context, stage.gpus, most):
+            zeros = [stage.zero_stage] if stage.zero_stage is not None else ([0] if gpus <= 1 else [2, 3])
+            ckpts = [stage.gradient_checkpointing] if stage.gradient_checkpointing is not None else [False, True]
+            for zero, ckpt in product(zeros, ckpts):
+                device = _training_device(context, archs, ["generator"], eight_bit, gpus, zero, ckpt,
+                                          stage.batch_size, seq, stage.optimizer)
+                arch = archs["generator"]
+                if not generator.lora:  # the frozen reference policy for the KL term
+                    device = device.merged(inference_weights(arch, generator.dtype, False, "reference"))
+                device.add("generator kv cache", kv_cache_bytes(arch, stage.batch_size, seq))
+                if "rewardModel" in roles:
+                    device = device.merged(inference_weights(archs["rewardModel"], reward_model.dtype,
+                                                             eight_bit["rewardModel"], "rewardModel"))
+                if context.fits([device]):
+                    where = {role: _spread(context, gpus, stage.nodes) for role in roles}
+                    return StagePlan("rl", gpus, stage.nodes, eight_bit, where, [device], zero_stage=zero,
+                                     gradient_checkpointing=ckpt, batch_size=stage.batch_size,
+                                     trains=["generator"])
+    return None
+
+
+# ---------------------------------------------------------------- inference stages
+
+def _plan_select(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
+    stage = context.spec.stages.select
+    arch, model = archs["rewardModel"], context.spec.models.reward_model
+    for eight_bit in _eight_bit_choices(context, ["rewardModel"]):
+        for batch in _halvings(stage.batch_size):
+            device = inference_weights(arch, model.dtype, eight_bit["rewardModel"], "rewardModel")
+            device.add("rewardModel workspace", forward_workspace_bytes(arch, batch * stage.max_seq_length))
+            if context.fits([device]):
+                gpus = stage.gpus if stage.gpus is not None else (0 if context.gpu_memory_gib is None else 1)
+                return StagePlan("select", gpus, stage.nodes, eight_bit,
+                                 {"rewardModel": _spread(context, max(gpus, 1), stage.nodes)}, [device],
+                                 batch_size=batch)
+    return None
+
+
+def _plan_eval(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
+    stage = context.spec.stages.eval
+    generator, reward_model = context.spec.models.generator, context.spec.models.reward_model
+    samples = stage.k if any(m in stage.methods for m in ("rm@k", "majority@k")) else 1
+    seq = generator.generation.max_prompt_tokens + stage.max_new_tokens
+    uses_prm = "rm@k" in stage.methods or "pgts" in stage.methods
+
+    def generator_side(eight_bit, batch):
+        arch = archs["generator"]
+        estimate = inference_weights(arch, generator.dtype, eight_bit["generator"], "generator")
+        estimate.add("generator kv cache", kv_cache_bytes(arch, batch * samples, seq))
+        estimate.add("generator workspace",
+                     forward_workspace_bytes(arch, batch * samples * generator.generation.max_prompt_tokens))
+        return estimate
+
+    def scorer_side(eight_bit, batch):
+        arch = archs["rewardModel"]
+        estimate = inference_weights(arch, reward_model.dtype, eight_bit["rewardModel"], "rewardModel")
+        estimate.add("rewardModel workspace", forward_workspace_bytes(arch, batch * samples * seq))
+        return estimate
+
+    batches = _halvings(stage.batch_size)
+    if uses_prm:
+        return _place_two_sides(context, "eval", stage, generator_side, scorer_side, batches, trains=[],
+                                with_policy="pgts" in stage.methods)
+    return _single_side(context, stage, generator_side, batches)
+
+
+def _single_side(context, stage, side, batches) -> StagePlan | None:
+    for eight_bit in _eight_bit_choices(context, ["generator"]):
+        for batch in batches:
+            device = side(eight_bit, batch)
+            if context.fits([device]):
+                gpus = stage.gpus if stage.gpus is not None else (0 if context.gpu_memory_gib is None else 1)
+                return StagePlan("eval", gpus, stage.nodes, eight_bit,
+                                 {"generator": _device_name(context, 0)}, [device], batch_size=batch)
+    return None
+
+
+def _halvings(batch: int) -> list[int]:
+    sizes = [batch]
+    while sizes[-1] > 1:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+_PLANNERS = {"select": _plan_select, "sft": _plan_sft, "rl": _plan_rl, "eval": _plan_eval}
+
+
+# ---------------------------------------------------------------- when nothing fits
+
+def _no_fit_message(context: _Context, stage: str, archs: dict[str, Architecture]) -> str:
+    from .advice import what_would_fit  # advice re-plans modified specs through this module
+
+    options = what_would_fit(context.spec, stage, context.gpu_memory_gib)
+    head = f"does not fit on {context.gpu_memory_gib:g} GiB GPUs with any GPU count, precision or ZeRO stage"
+    if not options:
+        return head + "; no single change makes it fit: use bigger GPUs or smaller models"
+    return head + "; any of these would fit: " + "; ".join(options)

@@ -1,0 +1,77 @@
+"""The ReasoningTraining resource: spec and status."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import SpecModel
+from .cluster import ClusterFields
+from .data import DataSpec
+from .models import ModelsSpec
+from .stages import StagesSpec
+
+GROUP = "reasoning.dev"
+VERSION = "v1alpha1"
+KIND = "ReasoningTraining"
+PLURAL = "reasoningtrainings"
+SHORT_NAME = "rt"
+STAGE_ORDER = ("select", "sft", "rl", "eval")
+
+
+class RunSpec(ClusterFields):
+    """What to train, on what data, through which stages, on which cluster resources."""
+
+    preset: str | None = Field(
+        None, description="Start from a preset (tiny, fast, 2gpu, full); any field set here overrides it."
+    )
+    models: ModelsSpec = Field(default_factory=ModelsSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    stages: StagesSpec = Field(default_factory=StagesSpec)
+
+    def enabled_stages(self) -> list[str]:
+        return [name for name in STAGE_ORDER if (stage := getattr(self.stages, name)) and stage.enabled]
+
+
+class Condition(SpecModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class StageStatus(SpecModel):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] = "Pending"
+    job: str | None = None
+    gpus: int | None = None
+    attempts: int = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+    duration_seconds: float | None = None
+    accuracy: float | None = None
+    checkpoint: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    message: str = ""
+
+
+class RunStatus(SpecModel):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] = "Pending"
+    stage: str | None = Field(None, description="The stage now running.")
+    gpus: int | None = Field(None, description="Most GPUs any stage of the plan uses.")
+    accuracy: str | None = Field(None, description="Headline accuracy of the last eval, e.g. 71.2%.")
+    observed_generation: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    stages: dict[str, StageStatus] = Field(default_factory=dict)
+
+
+class ReasoningTraining(SpecModel):
+    api_version: Literal["reasoning.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ReasoningTraining"]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: RunSpec
+    status: RunStatus | None = None

@@ -1,0 +1,166 @@
+"""The four stages of a run and their hyperparameters.
+
+Every stage may pin its GPU count; otherwise the planner chooses it (and 8-bit,
+ZeRO and gradient checkpointing) from model sizes and GPU memory.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import SpecModel
+
+
+class StageSpec(SpecModel):
+    enabled: bool = Field(True, description="Run this stage.")
+    gpus: int | None = Field(
+        None, ge=0, le=1024, description="GPUs for this stage in total. Omit to let the planner decide."
+    )
+    nodes: int = Field(1, ge=1, le=128, description="Nodes the stage spans (multi-node uses torchrun).")
+    checkpoint_every: int = Field(200, ge=1, description="Save a resumable checkpoint every N steps.")
+
+
+class TrainingStageSpec(StageSpec):
+    epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the training data.")
+    batch_size: int = Field(8, ge=1, le=65536, description="Examples per GPU per optimizer micro-step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-steps per optimizer step.")
+    learning_rate: float = Field(2e-5, gt=0, le=1.0, description="Peak learning rate.")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps with linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_seq_length: int = Field(512, ge=16, le=131072, description="Longest training sequence in tokens.")
+    optimizer: Literal["adamw", "adamw-8bit"] = Field("adamw", description="Optimizer (adamw-8bit: bitsandbytes).")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute activations in backward. Omit to let the planner decide."
+    )
+    zero_stage: Literal[0, 1, 2, 3] | None = Field(
+        None, description="DeepSpeed ZeRO stage. Omit to let the planner decide."
+    )
+
+
+class SelectSpec(StageSpec):
+    """Score a raw trace pool with the PRM and keep the best (ReasonFlux-PRM data selection)."""
+
+    keep_top_k: int | None = Field(None, ge=1, description="Keep this many best-scored traces.")
+    keep_fraction: float | None = Field(None, gt=0.0, le=1.0, description="Keep this fraction of the pool.")
+    batch_size: int = Field(16, ge=1, le=65536, description="Traces scored per forward pass.")
+    max_seq_length: int = Field(1024, ge=16, le=131072, description="Longest trace scored, in tokens.")
+    aggregate: Literal["mean", "min", "last"] = Field(
+        "mean", description="How step scores become a trace score."
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> SelectSpec:
+        if (self.keep_top_k is None) == (self.keep_fraction is None):
+            raise ValueError("set exactly one of keepTopK and keepFraction (for example keepTopK: 1000)")
+        return self
+
+
+class SftSpec(TrainingStageSpec):
+    """Supervised fine-tuning of the generator and/or training the PRM on step labels."""
+
+    target: Literal["generator", "reward-model", "both"] = Field(
+        "generator", description="Which model to train; both trains the reward model first."
+    )
+    packing: bool = Field(True, description="Pack sequences padding-free instead of padding to the longest.")
+    max_examples: int | None = Field(None, ge=1, description="Use at most this many training examples.")
+    incorrect_per_problem: int = Field(
+        3, ge=0, le=64, description="Corrupted solutions per problem in the PRM's step-label data."
+    )
+
+
+class PpoSpec(SpecModel):
+    epochs: int = Field(4, ge=1, le=100, description="PPO epochs over each batch of rollouts.")
+    clip: float = Field(0.2, gt=0.0, le=1.0, description="Clipping range of the probability ratio.")
+    value_coef: float = Field(0.5, ge=0.0, le=100.0, description="Weight of the value loss.")
+    entropy_coef: float = Field(0.01, ge=0.0, le=10.0, description="Weight of the entropy bonus.")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda.")
+    gamma: float = Field(0.99, ge=0.0, le=1.0, description="Discount factor.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient-norm clip.")
+
+
+class PgtsRewardsSpec(SpecModel):
+    correct: float = Field(10.0, description="Final reward for a correct answer.")
+    wrong: float = Field(-5.0, description="Final reward for a wrong answer.")
+    step_penalty: float = Field(-0.1, le=0.0, description="Reward added for every action (a cost).")
+    invalid_action: float = Field(-1.0, le=0.0, description="Reward for an action the masks forbid.")
+    prm_scale: float = Field(1.0, ge=0.0, description="Scale of the PRM step score used as step reward.")
+    outcome_weight: float = Field(1.0, ge=0.0, description="Weight of the final (outcome) reward.")
+    prm_weight: float = Field(1.0, ge=0.0, description="Weight of the PRM step rewards.")
+
+
+class PgtsSpec(SpecModel):
+    """Policy-guided tree search: expand / branch / backtrack / terminate over reasoning steps."""
+
+    max_depth: int = Field(12, ge=1, le=256, description="Deepest reasoning path.")
+    max_nodes: int = Field(60, ge=2, le=10000, description="Most nodes in one problem's tree.")
+    temperature: float = Field(0.8, gt=0.0, le=5.0, description="Generator temperature during search.")
+    search_batch: int = Field(
+        4, ge=1, le=4096,
+        description="Most problems searched at once (batched generation and PRM scoring across trees); "
+                    "the planner lowers it when memory is short.",
+    )
+    rewards: PgtsRewardsSpec = Field(default_factory=PgtsRewardsSpec)
+
+    @model_validator(mode="after")
+    def _nodes_cover_depth(self) -> PgtsSpec:
+        if self.max_nodes < self.max_depth:
+            raise ValueError(
+                f"maxNodes ({self.max_nodes}) is below maxDepth ({self.max_depth}): no path could reach "
+                f"full depth; raise maxNodes to at least {self.max_depth}"
+            )
+        return self
+
+
+class GrpoSpec(SpecModel):
+    """Group relative policy optimisation of the generator with PRM rewards (ReasonFlux-PRM style)."""
+
+    num_generations: int = Field(6, ge=2, le=256, description="Solutions sampled per prompt (the group).")
+    kl_coef: float = Field(0.001, ge=0.0, le=10.0, description="Weight of the KL penalty to the reference.")
+    clip: float = Field(0.2, gt=0.0, le=1.0, description="Clipping range of the probability ratio.")
+    correctness_weight: float = Field(1.0, ge=0.0, description="Weight of answer correctness in the reward.")
+    prm_weight: float = Field(0.5, ge=0.0, description="Weight of the PRM trajectory score in the reward.")
+    max_completion_tokens: int = Field(512, ge=1, le=131072, description="Longest sampled solution.")
+
+
+class RlSpec(TrainingStageSpec):
+    """Policy optimisation: GRPO on the generator, or PGTS with a learned tree-search policy.
+
+    batchSize is the update minibatch: completions per GPU for GRPO, trajectories for PGTS's PPO.
+    """
+
+    algorithm: Literal["grpo", "pgts"] = Field("pgts", description="grpo or pgts.")
+    iterations: int = Field(50, ge=1, le=1_000_000, description="Rollout-and-update iterations.")
+    problems_per_iteration: int = Field(32, ge=1, le=65536, description="Problems rolled out per iteration.")
+    ppo: PpoSpec = Field(default_factory=PpoSpec)
+    pgts: PgtsSpec = Field(default_factory=PgtsSpec)
+    grpo: GrpoSpec = Field(default_factory=GrpoSpec)
+
+
+class EvalSpec(StageSpec):
+    """pass@1, RM@k (best of k by the PRM), majority@k and PGTS decoding on the benchmarks."""
+
+    methods: list[Literal["pass@1", "rm@k", "majority@k", "pgts"]] = Field(
+        default_factory=lambda: ["pass@1", "rm@k"], min_length=1, description="Decoding methods to score."
+    )
+    k: int = Field(8, ge=1, le=1024, description="Samples per problem for rm@k and majority@k.")
+    batch_size: int = Field(16, ge=1, le=65536, description="Problems decoded together.")
+    max_new_tokens: int = Field(512, ge=1, le=131072, description="Longest generated solution.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature for k > 1 samples.")
+
+    @model_validator(mode="after")
+    def _k_for_best_of(self) -> EvalSpec:
+        sampled = [m for m in self.methods if m in ("rm@k", "majority@k")]
+        if sampled and self.k < 2:
+            raise ValueError(f"{', '.join(sampled)} needs k of at least 2 samples per problem, got k: {self.k}")
+        if sampled and self.temperature == 0:
+            raise ValueError(f"{', '.join(sampled)} samples k solutions: temperature must be above 0")
+        return self
+
+
+class StagesSpec(SpecModel):
+    select: SelectSpec | None = Field(None, description="PRM-based data selection.")
+    sft: SftSpec | None = Field(None, description="Supervised fine-tuning / PRM training.")
+    rl: RlSpec | None = Field(None, description="Policy optimisation (GRPO or PGTS).")
+    eval: EvalSpec | None = Field(None, description="Evaluation: pass@1, RM@k, majority@k, PGTS.")
