@@ -30,7 +30,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 @dataclass
 class Case:
     size: str
-    kind: str  # full-lm | lora-lm | lora-prm | generate | generate-8bit
+    kind: str  # full-lm | lora-lm | lora-prm | generate | generate-8bit | pgts-fast
     batch: int
     seq: int
     checkpointing: bool = False
@@ -67,6 +67,8 @@ def build(case: Case, arch: Architecture, device: str):
 
 
 def predicted(case: Case, arch: Architecture, dtype: str) -> memory.Estimate:
+    if case.kind == "pgts-fast":
+        return fast_search_estimate()
     if case.kind.startswith("generate"):
         eight_bit = case.kind == "generate-8bit"
         estimate = memory.inference_weights(arch, dtype, eight_bit, "generator")
@@ -112,12 +114,46 @@ def load_8bit(arch: Architecture, device: str, scratch: str):
                                             device_map={"": device}, dtype=torch.bfloat16)
 
 
+def fast_search_estimate() -> memory.Estimate:
+    """The planner's own estimate of the fast preset's rl stage on one GPU, less the policy network."""
+    from reasoning_trainer.planner import plan_run
+    from reasoning_trainer.schema import validate_spec
+
+    device = plan_run(validate_spec({"preset": "fast"}), "80Gi").stages["rl"].devices[0]
+    return memory.Estimate({name: gib for name, gib in device.parts.items() if name != "policy network"})
+
+
+def search_step(device: str) -> None:
+    """What one GPU holds in the fast preset's PGTS stage: the 3B generator extending 4 paths to full
+    depth (256 prompt + 12 steps x 128 tokens) with its KV cache, and the 1.5B PRM scoring them."""
+    from transformers import Qwen2ForCausalLM, Qwen2ForTokenClassification
+
+    generator_arch, scorer_arch = KNOWN[("qwen2.5", "3b")], KNOWN[("qwen2.5", "1.5b")]
+    with torch.device(device):
+        generator = Qwen2ForCausalLM(qwen2_config(generator_arch)).to(torch.bfloat16).eval()
+        scorer = Qwen2ForTokenClassification(qwen2_config(scorer_arch)).to(torch.bfloat16).eval()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    prompt = torch.randint(0, generator_arch.vocab, (4, 256), device=device)
+    with torch.no_grad():
+        paths = generator.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                   max_new_tokens=12 * 128, min_new_tokens=12 * 128, do_sample=True, pad_token_id=0)
+        scorer(input_ids=paths)
+
+
 def measure(case: Case, arch: Architecture, device: str, scratch: str) -> dict:
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.empty_cache()
         free_before, total = torch.cuda.mem_get_info()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if case.kind == "pgts-fast":
+        started = time.perf_counter()
+        search_step(device)
+        return {"allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+                "device_used_gib": torch.cuda.max_memory_reserved() / 2**30 + _context_gib(),
+                "seconds": time.perf_counter() - started, "baseline_gib": (total - free_before) / 2**30}
     if case.kind == "generate-8bit":
         model = load_8bit(arch, device, scratch)
     else:
@@ -185,6 +221,7 @@ def cases(quick: bool) -> list[Case]:
             chosen.append(Case(size, "generate-8bit", 8, 256))
     chosen.append(Case("1.5b", "lora-prm", 16, 512, False))  # the fast preset's reward-model stage
     chosen.append(Case("1.5b", "lora-prm", 16, 512, True))
+    chosen.append(Case("3b", "pgts-fast", 4, 1792))  # the fast preset's rl stage on one GPU
     return chosen
 
 
@@ -193,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CPU smoke run on the tiny model")
     parser.add_argument("--out", help="also write the rows as JSON here")
     parser.add_argument("--scratch", default="/tmp/rto-bench-models")
+    parser.add_argument("--only", help="run only cases of this step kind (e.g. pgts-fast)")
     args = parser.parse_args(argv)
     device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda:0"
     torch.manual_seed(0)
@@ -202,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
           "predicted device GiB | measured device GiB | error |")
     print("|---|---|---|---|---|---|---|---|---|")
     for case in cases(args.quick):
+        if args.only and case.kind != args.only:
+            continue
         arch = EMBEDDED["tiny-qwen2"] if case.size == "tiny" else KNOWN[("qwen2.5", case.size)]
         estimate = predicted(case, arch, "float32" if device == "cpu" else "bfloat16")
         try:

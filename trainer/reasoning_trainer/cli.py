@@ -97,7 +97,8 @@ def _fail(error: RunValidationError | PlanError) -> int:
 
 def render_table(name: str, preset: str | None, plan: RunPlan) -> str:
     where = "CPU" if plan.gpu_memory_gib is None else f"{plan.gpu_memory_gib:g} GiB GPUs"
-    header = ["STAGE", "GPUS", "PRECISION", "ZERO", "CKPT", "BATCH", "MEM/GPU", "PLACEMENT"]
+    memory = "MEMORY" if plan.gpu_memory_gib is None else "MEM/GPU"
+    header = ["STAGE", "GPUS", "PRECISION", "ZERO", "CKPT", "BATCH", memory, "PLACEMENT"]
     rows = [header]
     for stage, planned in plan.stages.items():
         rows.append([

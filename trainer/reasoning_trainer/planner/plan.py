@@ -25,6 +25,7 @@ from .memory import (
 # Share of a GPU's memory a plan may fill; the rest absorbs allocator spikes and
 # fragmentation the model does not see.
 MEMORY_BUDGET = 0.92
+_SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 ROLES = {"generator": "generator", "rewardModel": "reward_model"}
 
 
@@ -46,6 +47,7 @@ class StagePlan:
     gradient_checkpointing: bool | None = None
     batch_size: int | None = None
     trains: list[str] = field(default_factory=list)
+    dtype: str = "bfloat16"
 
     @property
     def memory_gib(self) -> float:
@@ -58,12 +60,13 @@ class StagePlan:
     @property
     def precision(self) -> str:
         eight = [role for role, on in self.load_in_8bit.items() if on]
-        return "bf16" if not eight else "8-bit " + "+".join(eight)
+        return _SHORT_DTYPES[self.dtype] if not eight else "8-bit " + "+".join(eight)
 
     def to_dict(self) -> dict:
         return {
             "gpus": self.gpus,
             "nodes": self.nodes,
+            "dtype": self.dtype,
             "load_in_8bit": dict(self.load_in_8bit),
             "zero_stage": self.zero_stage,
             "gradient_checkpointing": self.gradient_checkpointing,
@@ -130,12 +133,19 @@ def plan_run(spec: RunSpec, gpu_memory: str | None = None) -> RunPlan:
     for name in spec.enabled_stages():
         planned = _PLANNERS[name](context, architectures)
         if planned is None:
-            issues.append(Issue(f"spec.stages.{name}", _no_fit_message(context, name, architectures)))
+            issues.append(Issue(f"spec.stages.{name}", _no_fit_message(context, name)))
         else:
+            planned.dtype = _stage_dtype(spec, planned)
             stages[name] = planned
     if issues:
         raise PlanError(issues)
     return RunPlan(spec.device, context.gpu_memory_gib, stages)
+
+
+def _stage_dtype(spec: RunSpec, planned: StagePlan) -> str:
+    """The 16-bit (or fp32) dtype of the stage's language models: the widest one when they differ."""
+    dtypes = {_model(spec, role).dtype for role in planned.load_in_8bit}
+    return max(dtypes, key=lambda dtype: (dtype == "float32", dtype == "bfloat16"))
 
 
 def _architectures(spec: RunSpec) -> tuple[dict[str, Architecture], list[Issue]]:
@@ -383,7 +393,7 @@ _PLANNERS = {"select": _plan_select, "sft": _plan_sft, "rl": _plan_rl, "eval": _
 
 # ---------------------------------------------------------------- when nothing fits
 
-def _no_fit_message(context: _Context, stage: str, archs: dict[str, Architecture]) -> str:
+def _no_fit_message(context: _Context, stage: str) -> str:
     from .advice import what_would_fit  # advice re-plans modified specs through this module
 
     options = what_would_fit(context.spec, stage, context.gpu_memory_gib)
