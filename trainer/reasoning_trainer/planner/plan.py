@@ -204,9 +204,7 @@ def _plan_sft(context: _Context, archs: dict[str, Architecture]) -> StagePlan | 
                          if all(_model(context.spec, r).lora or not on for r, on in choice.items())]
     for eight_bit in eight_bit_choices:
         for gpus in _gpu_counts(context, stage.gpus, most):
-            zeros = [stage.zero_stage] if stage.zero_stage is not None else ([0] if gpus <= 1 else [2, 3])
-            ckpts = [stage.gradient_checkpointing] if stage.gradient_checkpointing is not None else [False, True]
-            for zero, ckpt in product(zeros, ckpts):
+            for zero, ckpt in _training_options(stage, gpus):
                 devices = [_training_device(context, archs, roles, eight_bit, gpus, zero, ckpt,
                                             stage.batch_size, stage.max_seq_length, stage.optimizer)]
                 if context.fits(devices):
@@ -215,6 +213,13 @@ def _plan_sft(context: _Context, archs: dict[str, Architecture]) -> StagePlan | 
                                      zero_stage=zero, gradient_checkpointing=ckpt,
                                      batch_size=stage.batch_size, trains=roles)
     return None
+
+
+def _training_options(stage, gpus: int) -> list[tuple[int, bool]]:
+    """(ZeRO stage, gradient checkpointing) to try on ``gpus`` GPUs, fastest first; pinned values stay."""
+    zeros = [stage.zero_stage] if stage.zero_stage is not None else ([0] if gpus <= 1 else [2, 3])
+    ckpts = [stage.gradient_checkpointing] if stage.gradient_checkpointing is not None else [False, True]
+    return list(product(zeros, ckpts))
 
 
 def _training_device(context, archs, roles, eight_bit, gpus, zero, ckpt, batch, seq, optimizer) -> Estimate:
@@ -305,9 +310,7 @@ def _plan_grpo(context: _Context, archs: dict[str, Architecture]) -> StagePlan |
         if eight_bit["generator"] and not generator.lora:
             continue
         for gpus in _gpu_counts(context, stage.gpus, most):
-            zeros = [stage.zero_stage] if stage.zero_stage is not None else ([0] if gpus <= 1 else [2, 3])
-            ckpts = [stage.gradient_checkpointing] if stage.gradient_checkpointing is not None else [False, True]
-            for zero, ckpt in product(zeros, ckpts):
+            for zero, ckpt in _training_options(stage, gpus):
                 device = _training_device(context, archs, ["generator"], eight_bit, gpus, zero, ckpt,
                                           stage.batch_size, seq, stage.optimizer)
                 arch = archs["generator"]

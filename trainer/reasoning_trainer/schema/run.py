@@ -26,9 +26,11 @@ class RunSpec(ClusterFields):
     preset: str | None = Field(
         None, description="Start from a preset (tiny, fast, 2gpu, full); any field set here overrides it."
     )
-    models: ModelsSpec = Field(default_factory=ModelsSpec)
-    data: DataSpec = Field(default_factory=DataSpec)
-    stages: StagesSpec = Field(default_factory=StagesSpec)
+    models: ModelsSpec = Field(default_factory=ModelsSpec,
+                               description="Generator, process reward model and PGTS policy network.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Training problems, trace pool, benchmarks.")
+    stages: StagesSpec = Field(default_factory=StagesSpec,
+                               description="select, sft, rl and eval; a stage left out does not run.")
 
     def enabled_stages(self) -> list[str]:
         return [name for name in STAGE_ORDER if (stage := getattr(self.stages, name)) and stage.enabled]
