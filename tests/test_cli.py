@@ -75,3 +75,14 @@ def test_invalid_yaml_is_reported(tmp_path, capsys):
     path.write_text("spec: [unclosed\n")
     assert main(["validate", "-f", str(path)]) == 1
     assert "is not valid YAML" in capsys.readouterr().err
+
+
+def test_schema_planner_and_crd_import_without_torch():
+    """The operator image has no torch: blocking its import must not break the light core."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+            "import reasoning_trainer.cli, reasoning_trainer.planner, reasoning_operator.crd\n"
+            "from reasoning_trainer.schema import validate_spec\n"
+            "from reasoning_trainer.planner import plan_run\n"
+            "print(plan_run(validate_spec({'preset': 'full'})).gpus)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "2"
