@@ -123,9 +123,10 @@ def fast_search_estimate() -> memory.Estimate:
     return memory.Estimate({name: gib for name, gib in device.parts.items() if name != "policy network"})
 
 
-def search_step(device: str) -> None:
+def search_step(device: str) -> float:
     """What one GPU holds in the fast preset's PGTS stage: the 3B generator extending 4 paths to full
-    depth (256 prompt + 12 steps x 128 tokens) with its KV cache, and the 1.5B PRM scoring them."""
+    depth (256 prompt + 12 steps x 128 tokens) with its KV cache, and the 1.5B PRM scoring them.
+    Returns the seconds of the measured phase."""
     from transformers import Qwen2ForCausalLM, Qwen2ForTokenClassification
 
     generator_arch, scorer_arch = KNOWN[("qwen2.5", "3b")], KNOWN[("qwen2.5", "1.5b")]
@@ -134,26 +135,18 @@ def search_step(device: str) -> None:
         scorer = Qwen2ForTokenClassification(qwen2_config(scorer_arch)).to(torch.bfloat16).eval()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
     prompt = torch.randint(0, generator_arch.vocab, (4, 256), device=device)
     with torch.no_grad():
         paths = generator.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                                    max_new_tokens=12 * 128, min_new_tokens=12 * 128, do_sample=True, pad_token_id=0)
         scorer(input_ids=paths)
+    return time.perf_counter() - started
 
 
-def measure(case: Case, arch: Architecture, device: str, scratch: str) -> dict:
+def model_step(case: Case, arch: Architecture, device: str, scratch: str) -> float:
+    """One warm-up and one measured training or generation step of one model; seconds of both."""
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.empty_cache()
-        free_before, total = torch.cuda.mem_get_info()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    if case.kind == "pgts-fast":
-        started = time.perf_counter()
-        search_step(device)
-        return {"allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-                "reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-                "device_used_gib": torch.cuda.max_memory_reserved() / 2**30 + _context_gib(),
-                "seconds": time.perf_counter() - started, "baseline_gib": (total - free_before) / 2**30}
     if case.kind == "generate-8bit":
         model = load_8bit(arch, device, scratch)
     else:
@@ -179,7 +172,16 @@ def measure(case: Case, arch: Architecture, device: str, scratch: str) -> dict:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         train_step(model, case, arch.vocab, device, optimizer)
-    seconds = time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def measure(case: Case, arch: Architecture, device: str, scratch: str) -> dict:
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.empty_cache()
+        free_before, total = torch.cuda.mem_get_info()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    seconds = search_step(device) if case.kind == "pgts-fast" else model_step(case, arch, device, scratch)
     if cuda:
         torch.cuda.synchronize()
         allocated = torch.cuda.max_memory_allocated() / 2**30
@@ -189,7 +191,6 @@ def measure(case: Case, arch: Architecture, device: str, scratch: str) -> dict:
     else:
         allocated = reserved = used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - rss_before
         context = 0.0
-    del model
     return {"allocated_gib": allocated, "reserved_gib": reserved, "device_used_gib": used,
             "seconds": seconds, "baseline_gib": context}
 
