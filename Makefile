@@ -21,12 +21,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
-# Until the trainer lands (issue #4) this validates and plans the embedded tiny run.
+# The embedded tiny run, every stage on this machine's CPU: outputs/tiny/ (report.html, results).
+# Stages already done are kept; `make run RUN_ARGS=--restart` trains from scratch.
+RUN_ARGS ?=
 run: venv
-	$(RTO) validate -f manifests/examples/tiny.yaml
 	$(RTO) plan -f manifests/examples/tiny.yaml
-	$(RTO) plan --preset fast --gpu-memory 24Gi
-	@echo "make run: the trainer stages (select, sft, rl, eval) arrive with the trainer; this run planned them."
+	$(RTO) run -f manifests/examples/tiny.yaml --local --output outputs $(RUN_ARGS)
 
 test: venv
 	$(PY) -m pytest -q

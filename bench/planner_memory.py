@@ -252,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
             continue
         live = sum(estimate.parts.values())
-        error = (estimate.total - measured["device_used_gib"]) / measured["device_used_gib"] * 100
+        used = measured["device_used_gib"]
+        # On CPU the reading is growth of the process's high-water mark, 0 when an earlier case set it.
+        error = (estimate.total - used) / used * 100 if used > 0 else None
         rows.append({**case.__dict__, "predicted_live_gib": live, "predicted_device_gib": estimate.total,
                      "parts": estimate.parts, **measured, "error_pct": error})
         print(f"| Qwen2.5-{case.size} | {case.kind} | {case.batch}x{case.seq} | {case.checkpointing} | "
               f"{live:.2f} | {measured['allocated_gib']:.2f} | {estimate.total:.2f} | "
-              f"{measured['device_used_gib']:.2f} | {error:+.0f}% |", flush=True)
+              f"{used:.2f} | {'n/a' if error is None else f'{error:+.0f}%'} |", flush=True)
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(rows, handle, indent=1)

@@ -26,3 +26,40 @@ def write_manifest(tmp_path):
         return path
 
     return write
+
+
+# A tiny run small enough for tests: the tiny preset with little data and short stages.
+SMALL_TINY = {
+    "preset": "tiny",
+    "data": {"train": {"size": 120}, "pool": {"size": 60}, "eval": [{"name": "arithmetic", "split": "test",
+                                                                      "size": 12, "seed": 1}]},
+    "stages": {
+        "select": {"keepFraction": 0.5, "batchSize": 16},
+        "sft": {"epochs": 1, "batchSize": 8, "checkpointEvery": 5, "maxSeqLength": 160},
+        "rl": {"enabled": False},
+        "eval": {"methods": ["pass@1", "rm@k", "majority@k"], "k": 2, "maxNewTokens": 40},
+    },
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    from reasoning_trainer.presets import deep_merge
+
+    return deep_merge(base, override)
+
+
+@pytest.fixture
+def plan_file(tmp_path):
+    """Write a plan file for a small tiny run (``overrides`` merged over SMALL_TINY)."""
+    from reasoning_trainer.job import plan_document
+    from reasoning_trainer.planner import plan_run
+    from reasoning_trainer.schema import validate_spec
+    from reasoning_trainer.checkpoints import write_json
+
+    def write(overrides: dict | None = None, name: str = "small") -> Path:
+        spec = validate_spec(merge(SMALL_TINY, overrides or {}))
+        path = tmp_path / name / "plan.json"
+        write_json(path, plan_document(name, "tests", spec, plan_run(spec), str(tmp_path / name)))
+        return path
+
+    return write

@@ -1,6 +1,7 @@
-"""``rto``: validate and plan runs (and, as later commands land, train and operate them).
+"""``rto``: validate, plan, train and run reasoning post-training pipelines.
 
-Imports stay light at the top: the operator image runs this CLI without torch.
+Imports stay light at the top: the operator image runs this CLI without torch; the
+training commands import their machinery when they are called.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import yaml
 from . import presets
 from .planner import PlanError, RunPlan, plan_run
 from .schema import RunValidationError, load_run_file, validate_spec
+from .schema.run import STAGE_ORDER
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +48,46 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("presets", help="list the presets")
     listing.set_defaults(handler=_presets)
+
+    train = commands.add_parser("train", help="run one stage from a plan file (what a stage pod runs)")
+    train.add_argument("stage", choices=STAGE_ORDER)
+    train.add_argument("--plan", required=True, help="plan file written by the operator or rto run")
+    train.add_argument("--metrics-port", type=int, help="Prometheus port (default $RTO_METRICS_PORT or 9400; "
+                                                        "0 turns the endpoint off)")
+    train.set_defaults(handler=_train)
+
+    run = commands.add_parser("run", help="run every stage of a run on this machine (--local)")
+    run.add_argument("-f", "--filename", required=True)
+    run.add_argument("--local", action="store_true", required=True,
+                     help="run here, stage after stage (on a cluster: kubectl apply -f the manifest)")
+    run.add_argument("--output", default="outputs", help="folder for the run's outputs (default: outputs)")
+    run.add_argument("--restart", action="store_true", help="discard earlier outputs of this run and start over")
+    run.add_argument("--gpu-memory", metavar="QUANTITY", help="plan for this GPU memory")
+    run.set_defaults(handler=_run)
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from . import train
+
+    _log_to_stderr()
+    return train.main(args.stage, args.plan, args.metrics_port)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import local
+
+    _log_to_stderr()
+    try:
+        return local.main(args.filename, args.output, args.restart, args.gpu_memory)
+    except (RunValidationError, PlanError) as error:
+        return _fail(error)
+
+
+def _log_to_stderr() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _plan(args: argparse.Namespace) -> int:

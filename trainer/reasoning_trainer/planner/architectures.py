@@ -101,7 +101,7 @@ KNOWN[("qwen2", "0.5b")], KNOWN[("qwen2", "1.5b")], KNOWN[("qwen2", "7b")] = (
 # Models built into the trainer (no download): their configs live here so the planner
 # and the trainer agree on them.
 EMBEDDED: dict[str, Architecture] = {
-    "tiny-qwen2": Architecture(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=256, vocab=512,
+    "tiny-qwen2": Architecture(layers=4, hidden=128, heads=4, kv_heads=2, intermediate=512, vocab=512,
                                tied_embeddings=True, source="embedded"),
 }
 

@@ -16,6 +16,7 @@ from ..schema.cluster import GPU_TYPES
 from ..schema.errors import Issue
 from ..schema.models import LanguageModelSpec
 from ..schema.run import RunSpec
+from ..schema.stages import StageSpec, TrainingStageSpec
 from .architectures import Architecture, UnknownArchitecture, architecture_for
 from .memory import (
     Estimate, TrainingSetup, forward_workspace_bytes, inference_weights, kv_cache_bytes,
@@ -197,21 +198,31 @@ def _eight_bit_choices(context: _Context, roles: list[str]) -> list[dict[str, bo
 
 def _plan_sft(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
     stage = context.spec.stages.sft
-    roles = {"generator": ["generator"], "reward-model": ["rewardModel"],
-             "both": ["rewardModel", "generator"]}[stage.target]
+    roles = [role for role in _SFT_ROLES[stage.target]
+             if not (role == "rewardModel" and context.spec.reward_model_trained_in() == "select")]
+    return _plan_training(context, archs, "sft", stage, stage, roles)
+
+
+_SFT_ROLES = {"generator": ["generator"], "reward-model": ["rewardModel"], "both": ["rewardModel", "generator"]}
+
+
+def _plan_training(context: _Context, archs: dict[str, Architecture], name: str, hyper: TrainingStageSpec,
+                   stage: StageSpec, roles: list[str]) -> StagePlan | None:
+    """Training of ``roles`` one after the other with ``hyper``'s batch and optimizer; GPUs and nodes
+    come from ``stage`` (the select stage trains the PRM with the sft stage's hyperparameters)."""
     most = context.spec.gpu.max_per_node * stage.nodes
     eight_bit_choices = [choice for choice in _eight_bit_choices(context, roles)
                          if all(_model(context.spec, r).lora or not on for r, on in choice.items())]
     for eight_bit in eight_bit_choices:
         for gpus in _gpu_counts(context, stage.gpus, most):
-            for zero, ckpt in _training_options(stage, gpus):
+            for zero, ckpt in _training_options(hyper, gpus):
                 devices = [_training_device(context, archs, roles, eight_bit, gpus, zero, ckpt,
-                                            stage.batch_size, stage.max_seq_length, stage.optimizer)]
+                                            hyper.batch_size, hyper.max_seq_length, hyper.optimizer)]
                 if context.fits(devices):
                     placement = {role: _spread(context, gpus, stage.nodes) for role in roles}
-                    return StagePlan("sft", gpus, stage.nodes, eight_bit, placement, devices,
+                    return StagePlan(name, gpus, stage.nodes, eight_bit, placement, devices,
                                      zero_stage=zero, gradient_checkpointing=ckpt,
-                                     batch_size=stage.batch_size, trains=roles)
+                                     batch_size=hyper.batch_size, trains=roles)
     return None
 
 
@@ -332,6 +343,9 @@ def _plan_grpo(context: _Context, archs: dict[str, Architecture]) -> StagePlan |
 
 def _plan_select(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
     stage = context.spec.stages.select
+    if context.spec.reward_model_trained_in() == "select":
+        # Training the PRM needs more memory than scoring the pool with it on the same GPUs.
+        return _plan_training(context, archs, "select", context.spec.stages.sft, stage, ["rewardModel"])
     arch, model = archs["rewardModel"], context.spec.models.reward_model
     for eight_bit in _eight_bit_choices(context, ["rewardModel"]):
         for batch in _halvings(stage.batch_size):

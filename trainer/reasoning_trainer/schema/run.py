@@ -35,6 +35,19 @@ class RunSpec(ClusterFields):
     def enabled_stages(self) -> list[str]:
         return [name for name in STAGE_ORDER if (stage := getattr(self.stages, name)) and stage.enabled]
 
+    @property
+    def step_separator(self) -> str:
+        """Text that ends a reasoning step, for the generator's output and the PRM's input alike."""
+        return self.models.reward_model.step_separator if self.models.reward_model else "\n\n"
+
+    def reward_model_trained_in(self) -> str | None:
+        """The stage that trains the PRM on step labels: sft (target reward-model or both), or
+        select when select runs too, because it scores the pool with the trained PRM."""
+        enabled = self.enabled_stages()
+        if "sft" not in enabled or self.stages.sft.target == "generator":
+            return None
+        return "select" if "select" in enabled else "sft"
+
 
 class Condition(SpecModel):
     type: str

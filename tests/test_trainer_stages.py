@@ -1,0 +1,93 @@
+"""The stages as a pod runs them (``rto train <stage> --plan``), on the embedded tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from reasoning_trainer import eval as evaluation
+from reasoning_trainer import models, prm, train
+from reasoning_trainer.data import embedded
+from reasoning_trainer.data.sources import read_selected
+from reasoning_trainer.job import load_job
+
+
+def results(plan_path, stage):
+    return json.loads((plan_path.parent / stage / "results.json").read_text())
+
+
+def test_prm_scores_all_steps_in_one_pass_as_if_each_prefix_were_scored_alone(plan_file):
+    job = load_job(plan_file())
+    tokenizer = models.load_tokenizer(job, "rewardModel")
+    model = models.load_reward_model(job, "select")
+    problem = next(p for p in embedded.problems(20, seed=5) if len(p.steps) == 3)
+    steps = prm.prm_steps(problem.steps, problem.answer)
+    separator = job.spec.step_separator
+    [whole] = prm.score(model, tokenizer, [(problem.question, steps)], separator, 8, 512)
+    assert len(whole) == len(steps)
+    for count in range(1, len(steps) + 1):
+        [prefix] = prm.score(model, tokenizer, [(problem.question, steps[:count])], separator, 8, 512)
+        assert prefix == pytest.approx(whole[:count], abs=1e-5)
+    # Batched with longer and shorter solutions (right padding), the scores do not move.
+    others = [(p.question, prm.prm_steps(p.steps, p.answer)) for p in embedded.problems(5, seed=6)]
+    batched = prm.score(model, tokenizer, [*others, (problem.question, steps)], separator, 8, 512)
+    assert batched[-1] == pytest.approx(whole, abs=1e-5)
+
+
+def test_select_trains_the_prm_then_keeps_the_top_scored_half(plan_file):
+    path = plan_file()
+    assert train.main("select", str(path), metrics_port=0) == 0
+    result = results(path, "select")
+    assert result["metrics"]["pool"] == 60 and result["metrics"]["kept"] == 30
+    assert result["details"]["reward_model"]["train_traces"] > 0
+    assert sum(result["details"]["histogram"]["pool"]) == 60
+    assert sum(result["details"]["histogram"]["kept"]) == 30
+    # Re-score the whole pool with the PRM the stage saved: what was kept is exactly the top half.
+    job = load_job(path)
+    model = models.load_reward_model(job, "select")
+    tokenizer = models.load_tokenizer(job, "rewardModel")
+    pool = embedded.trace_pool(60, seed=7)
+    scores = [prm.aggregate(s, job.spec.stages.select.aggregate) for s in prm.score(
+        model, tokenizer, [(t.problem.question, prm.prm_steps(t.steps, t.answer)) for t in pool],
+        job.spec.step_separator, 16, 256)]
+    ranked = sorted(range(60), key=scores.__getitem__, reverse=True)
+    expected = {(pool[i].problem.question, pool[i].steps) for i in ranked[:30]}
+    kept = {(t.problem.question, t.steps) for t in read_selected(job.paths.selected)}
+    assert kept == expected
+
+
+def test_eval_numbers_match_a_hand_checked_case(plan_file, monkeypatch):
+    job = load_job(plan_file({"stages": {"eval": {"methods": ["pass@1", "rm@k", "majority@k"], "k": 3}}}))
+    problems = embedded.problems(2, seed=9, split="test")
+    first, second = problems[0].answer, problems[1].answer
+    wrong = lambda answer: str(int(answer) + 1)  # noqa: E731
+    greedy = [[f"#### {first}"], [f"#### {wrong(second)}"]]
+    sampled = [
+        [f"a\n\n#### {wrong(first)}", f"b\n\n#### {wrong(first)}", f"c\n\n#### {first}"],
+        [f"d\n\n#### {second}", f"e\n\n#### {wrong(second)}", f"f\n\n#### {wrong(second)}.0"],
+    ]
+    monkeypatch.setattr(evaluation, "solve", lambda *a, samples, **k: greedy if samples == 1 else sampled)
+    # The PRM's favourite: the third sample of problem 1 (right) and the second of problem 2 (wrong).
+    favourite = {"c", "e"}
+    monkeypatch.setattr(evaluation.prm, "score", lambda model, tok, solutions, *a, **k: [
+        [0.9 if steps[0] in favourite else 0.2] for _, steps in solutions])
+    scores = evaluation.score_benchmark(job, None, None, None, None, problems)
+    assert scores == {"pass@1": 0.5, "pass@k": 1.0, "majority@k": 0.0, "rm@k": 0.5}
+
+
+def test_untrained_and_trained_models_load_the_same_way(plan_file, tmp_path):
+    job = load_job(plan_file())
+    generator = models.load_generator(job, "sft")
+    assert isinstance(generator.model.layers[0].self_attn.q_proj.weight, torch.Tensor)
+    assert not generator.training
+    again = models.load_generator(job, "sft")
+    assert torch.equal(generator.lm_head.weight, again.lm_head.weight)  # same embedded init in every stage
+
+
+def test_a_stage_missing_from_the_plan_is_refused_with_the_enabled_stages(plan_file, tmp_path, monkeypatch, caplog):
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("RTO_TERMINATION_LOG", str(log))
+    assert train.main("rl", str(plan_file()), metrics_port=0) == 2
+    reason = json.loads(log.read_text())["reason"]
+    assert "stage 'rl' is not in this run's plan (enabled stages: select, sft, eval)" in reason
+    assert train.main("sft", str(tmp_path / "missing.json"), metrics_port=0) == 2

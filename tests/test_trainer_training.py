@@ -1,0 +1,182 @@
+"""Real training on CPU with the embedded tiny model: learning, DeepSpeed, 8-bit, LoRA, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from reasoning_trainer import models, train
+from reasoning_trainer.checkpoints import latest_complete
+from reasoning_trainer.job import load_job
+
+GENERATOR_ONLY = {"stages": {"select": {"enabled": False}, "sft": {"target": "generator"}, "eval": {"enabled": False}}}
+
+
+def results(plan_path, stage):
+    return json.loads((plan_path.parent / stage / "results.json").read_text())
+
+
+def losses(result, role):
+    return [point["loss"] for point in result["history"] if point.get("role") == role and "loss" in point]
+
+
+def test_sft_loss_falls_and_held_out_accuracy_rises(plan_file):
+    path = plan_file({**GENERATOR_ONLY, "data": {"train": {"size": 1500}, "eval": [
+        {"name": "arithmetic", "split": "test", "size": 48, "seed": 1}]},
+        "stages": {**GENERATOR_ONLY["stages"], "sft": {"target": "generator", "epochs": 2, "checkpointEvery": 100}}})
+    assert train.main("sft", str(path), metrics_port=0) == 0
+    result = results(path, "sft")
+    curve = losses(result, "generator")
+    assert curve[-1] < curve[0] / 3
+    assert result["metrics"]["held_out_accuracy_after"] > result["metrics"]["held_out_accuracy_before"] + 0.1
+    assert result["checkpoint"].endswith("models/generator")
+
+
+def test_prm_learns_to_separate_corrupted_from_correct_solutions(plan_file):
+    path = plan_file({"data": {"train": {"size": 800}}, "stages": {
+        "select": {"enabled": False}, "eval": {"enabled": False},
+        "sft": {"target": "reward-model", "epochs": 2, "incorrectPerProblem": 1, "checkpointEvery": 200}}})
+    assert train.main("sft", str(path), metrics_port=0) == 0
+    prm = results(path, "sft")["details"]["reward_model"]
+    assert prm["after"]["trajectory_auroc"] > max(prm["before"]["trajectory_auroc"], 0.5) + 0.1
+    assert prm["after"]["step_accuracy"] > prm["before"]["step_accuracy"]
+
+
+def test_zero2_trains_through_deepspeed_on_cpu(plan_file):
+    path = plan_file({**GENERATOR_ONLY, "stages": {**GENERATOR_ONLY["stages"], "sft": {
+        "target": "generator", "zeroStage": 2, "maxExamples": 24, "checkpointEvery": 3}}})
+    assert train.main("sft", str(path), metrics_port=0) == 0
+    result = results(path, "sft")
+    assert result["plan"]["zero_stage"] == 2
+    checkpoint = latest_complete(load_job(path).paths.checkpoints("sft", "generator"))
+    # DeepSpeed writes its own partitioned optimizer state under global_step<N>.
+    assert any(child.name.startswith("global_step") for child in checkpoint.iterdir())
+    assert all(loss == loss for loss in losses(result, "generator"))  # no NaN
+
+
+def test_8bit_loading_through_bitsandbytes(plan_file, tmp_path):
+    job = load_job(plan_file())
+    models.load_generator(job, "sft")  # builds the embedded base under models/base
+    base = job.paths.model("base")
+    path = plan_file({"models": {"generator": {"name": str(base), "loadIn8bit": True, "lora": {"r": 4}}},
+                      **GENERATOR_ONLY}, name="eight")
+    job = load_job(path)
+    assert job.stage_plan("sft")["load_in_8bit"]["generator"] is True
+    model = models.load_generator(job, "sft", trainable=True)
+    import bitsandbytes as bnb
+
+    assert any(isinstance(module, bnb.nn.Linear8bitLt) for module in model.modules())
+    assert model.get_nb_trainable_parameters()[0] < 100_000  # only the adapters train
+    batch = torch.tensor([[5, 6, 7, 8]])
+    loss = model(input_ids=batch, labels=batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_lora_adapters_train_and_merge_into_the_saved_model(plan_file):
+    path = plan_file({**GENERATOR_ONLY, "models": {"generator": {"lora": {"r": 8, "alpha": 16}}},
+                      "stages": {**GENERATOR_ONLY["stages"], "sft": {"target": "generator", "maxExamples": 64}}})
+    assert train.main("sft", str(path), metrics_port=0) == 0
+    job = load_job(path)
+    saved = job.paths.model("generator")
+    assert not (saved / "adapter_config.json").exists()  # merged, loadable by plain transformers
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(saved)
+    base = AutoModelForCausalLM.from_pretrained(job.paths.model("base"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[name], base.state_dict()[name])
+    assert torch.equal(merged.state_dict()["model.embed_tokens.weight"], base.state_dict()["model.embed_tokens.weight"])
+
+
+def _start_sft(path):
+    # A fresh process as in a pod: none of the variables the in-process DeepSpeed test left behind.
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+           and not key.startswith("ACCELERATE_")}
+    env.update(RTO_METRICS_PORT="0", RTO_TERMINATION_LOG=str(path.parent / "termination-log"))
+    return subprocess.Popen([sys.executable, "-m", "reasoning_trainer.cli", "train", "sft", "--plan", str(path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for_checkpoint(folder, process, at_least=1, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = latest_complete(folder)
+        if found and int(found.name.split("-")[1]) >= at_least:
+            return found
+        assert process.poll() is None, "training ended before writing a checkpoint"
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint written in time")
+
+
+RESUMABLE = {**GENERATOR_ONLY, "data": {"train": {"size": 400}},
+             "stages": {**GENERATOR_ONLY["stages"], "sft": {"target": "generator", "epochs": 2, "batchSize": 4,
+                                                            "checkpointEvery": 10}}}
+
+
+def test_resume_after_a_kill_loses_at_most_one_checkpoint_interval(plan_file):
+    path = plan_file(RESUMABLE)
+    folder = load_job(path).paths.checkpoints("sft", "generator")
+    process = _start_sft(path)
+    reached = _wait_for_checkpoint(folder, process, at_least=20)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = int(latest_complete(folder).name.split("-")[1])
+    assert saved >= int(reached.name.split("-")[1])
+
+    assert _start_sft(path).wait(timeout=600) == 0
+    generator = results(path, "sft")["details"]["generator"]
+    assert generator["resumed_from_step"] == saved
+    assert generator["steps"] == 200  # 400 examples / 4 per step * 2 epochs: the full schedule, not restarted
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(plan_file):
+    path = plan_file(RESUMABLE)
+    folder = load_job(path).paths.checkpoints("sft", "generator")
+    process = _start_sft(path)
+    _wait_for_checkpoint(folder, process, at_least=10)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    message = json.loads((path.parent / "termination-log").read_text())
+    assert message["phase"] == "Interrupted"
+    stopped_at = int(message["reason"].split("step ")[1].split()[0])
+    assert latest_complete(folder).name == f"checkpoint-{stopped_at}"
+
+
+GRPO = {"stages": {"select": {"enabled": False}, "sft": {"enabled": False}, "eval": {"enabled": False},
+                   "rl": {"enabled": True, "algorithm": "grpo", "iterations": 3, "problemsPerIteration": 4,
+                          "batchSize": 4, "learningRate": 1e-4, "checkpointEvery": 2,
+                          "grpo": {"numGenerations": 3, "maxCompletionTokens": 24, "prmWeight": 0.5}}}}
+
+
+def test_grpo_updates_the_generator_from_group_rewards_and_keeps_resumable_state(plan_file):
+    path = plan_file(GRPO)
+    assert train.main("rl", str(path), metrics_port=0) == 0
+    result = results(path, "rl")
+    iterations = result["details"]["iterations"]
+    assert [step["iteration"] for step in iterations] == [1, 2, 3]
+    # Rewards mix correctness (0 or 1) and half the PRM's score of the weakest step (0..1).
+    assert all(0.0 <= step["reward"] <= 1.5 for step in iterations)
+    job = load_job(path)
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(job.paths.model("generator")).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(job.paths.model("base")).state_dict()
+    assert any(not torch.equal(trained[name], base[name]) for name in base)
+    state = torch.load(job.paths.checkpoints("rl", "generator") / "latest" / "state.pt", weights_only=True)
+    assert state["iteration"] == 3
+
+
+def test_an_unavailable_rl_algorithm_fails_with_the_field_to_change(plan_file, tmp_path, monkeypatch):
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("RTO_TERMINATION_LOG", str(log))
+    path = plan_file({"stages": {**GRPO["stages"], "rl": {"enabled": True, "algorithm": "pgts"}}})
+    assert train.main("rl", str(path), metrics_port=0) == 1
+    message = json.loads(log.read_text())
+    assert message["phase"] == "Failed" and "spec.stages.rl.algorithm" in message["reason"]

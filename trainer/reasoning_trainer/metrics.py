@@ -1,0 +1,156 @@
+"""The trainer's Prometheus metrics, defined once: the exporter, the dashboard and the tests
+all read these names.
+
+Every series carries the labels run, namespace and stage; model-specific ones add role.
+The HTTP server is best effort: a port already taken or any exporter failure is logged and
+training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9400
+PORT_ENV = "RTO_METRICS_PORT"
+BASE_LABELS = ("run", "namespace", "stage")
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+# name -> (kind, help, extra labels); the exporter and the dashboard generator both use it.
+METRICS = {
+    "rto_step_duration_seconds": ("histogram", "Wall time of one optimizer or search step.", ("role",)),
+    "rto_steps_total": ("counter", "Optimizer or search steps completed.", ("role",)),
+    "rto_tokens_total": ("counter", "Tokens processed (trained on, scored or generated).", ("role",)),
+    "rto_tokens_per_second": ("gauge", "Tokens processed per second over the last step.", ("role",)),
+    "rto_loss": ("gauge", "Training loss of the last logged step.", ("role",)),
+    "rto_learning_rate": ("gauge", "Learning rate of the last step.", ("role",)),
+    "rto_reward": ("gauge", "Mean reward of the last RL iteration.", ("role",)),
+    "rto_accuracy_ratio": ("gauge", "Accuracy (0..1) by benchmark and metric (pass@1, rm@k, train, ...).",
+                           ("benchmark", "metric")),
+    "rto_average_parallelism": ("gauge", "Mean branches explored per problem in tree search.", ()),
+    "rto_stage_progress_ratio": ("gauge", "Fraction of the stage's work done (0..1).", ()),
+    "rto_mfu_ratio": ("gauge", "Model FLOPs utilisation of training on GPU (0..1).", ("role",)),
+}
+GPU_METRICS = {
+    "rto_gpu_memory_allocated_bytes": "Memory held by live tensors, per device.",
+    "rto_gpu_memory_reserved_bytes": "Memory reserved by PyTorch's caching allocator, per device.",
+    "rto_gpu_memory_peak_bytes": "Peak memory held by tensors since the stage started, per device.",
+    "rto_gpu_memory_used_bytes": "Device memory in use by all processes (NVML), per device.",
+    "rto_gpu_memory_total_bytes": "Device memory size (NVML), per device.",
+}
+
+
+@dataclass
+class StageMetrics:
+    """The metrics of one stage process, and the history the report draws."""
+
+    run: str
+    namespace: str
+    stage: str
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._base = {"run": self.run, "namespace": self.namespace, "stage": self.stage}
+        self._metrics = {}
+        for name, (kind, description, extra) in METRICS.items():
+            labels = BASE_LABELS + extra
+            if kind == "histogram":
+                metric = Histogram(name, description, labels, registry=self.registry, buckets=STEP_BUCKETS)
+            elif kind == "counter":
+                metric = Counter(name.removesuffix("_total"), description, labels, registry=self.registry)
+            else:
+                metric = Gauge(name, description, labels, registry=self.registry)
+            self._metrics[name] = metric
+        self.registry.register(_GpuMemoryCollector(self._base))
+        self._started = time.monotonic()
+
+    def _series(self, name: str, **labels):
+        return self._metrics[name].labels(**self._base, **labels)
+
+    def step(self, role: str, seconds: float, tokens: int, step: int) -> None:
+        self._series("rto_step_duration_seconds", role=role).observe(seconds)
+        self._series("rto_steps_total", role=role).inc()
+        self._series("rto_tokens_total", role=role).inc(tokens)
+        if seconds > 0:
+            self._series("rto_tokens_per_second", role=role).set(tokens / seconds)
+
+    def loss(self, role: str, step: int, loss: float, learning_rate: float | None = None) -> None:
+        self._series("rto_loss", role=role).set(loss)
+        if learning_rate is not None:
+            self._series("rto_learning_rate", role=role).set(learning_rate)
+        self.history.append({"step": step, "role": role, "loss": loss})
+
+    def accuracy(self, benchmark: str, metric: str, value: float, step: int | None = None) -> None:
+        self._series("rto_accuracy_ratio", benchmark=benchmark, metric=metric).set(value)
+        self.history.append({"step": step, "benchmark": benchmark, "metric": metric, "accuracy": value})
+
+    def reward(self, role: str, value: float, step: int) -> None:
+        self._series("rto_reward", role=role).set(value)
+        self.history.append({"step": step, "role": role, "reward": value})
+
+    def parallelism(self, value: float) -> None:
+        self._series("rto_average_parallelism").set(value)
+
+    def progress(self, done: float) -> None:
+        self._series("rto_stage_progress_ratio").set(min(max(done, 0.0), 1.0))
+
+    def mfu(self, role: str, value: float) -> None:
+        self._series("rto_mfu_ratio", role=role).set(value)
+
+    def serve(self, port: int | None = None) -> int | None:
+        """Start the /metrics endpoint; returns the port, or None when it could not start."""
+        port = int(os.environ.get(PORT_ENV, DEFAULT_PORT)) if port is None else port
+        if port <= 0:
+            return None
+        try:
+            start_http_server(port, registry=self.registry)
+        except OSError as error:
+            log.warning("metrics endpoint not started on port %s (%s); training goes on without it", port, error)
+            return None
+        return port
+
+
+class _GpuMemoryCollector:
+    """Reads device memory at scrape time, so the numbers are current rather than last-logged."""
+
+    def __init__(self, base: dict[str, str]) -> None:
+        self._base = base
+
+    def collect(self):
+        import torch
+
+        families = {name: GaugeMetricFamily(name, text, labels=[*BASE_LABELS, "device"])
+                    for name, text in GPU_METRICS.items()}
+        try:
+            devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else ()
+            for index in devices:
+                labels = [*self._base.values(), f"cuda:{index}"]
+                families["rto_gpu_memory_allocated_bytes"].add_metric(labels, torch.cuda.memory_allocated(index))
+                families["rto_gpu_memory_reserved_bytes"].add_metric(labels, torch.cuda.memory_reserved(index))
+                families["rto_gpu_memory_peak_bytes"].add_metric(labels, torch.cuda.max_memory_allocated(index))
+                used_total = _nvml_memory(index)
+                if used_total:
+                    families["rto_gpu_memory_used_bytes"].add_metric(labels, used_total[0])
+                    families["rto_gpu_memory_total_bytes"].add_metric(labels, used_total[1])
+        except Exception as error:  # a scrape must never take the trainer down
+            log.debug("GPU memory not read: %s", error)
+        yield from families.values()
+
+
+def _nvml_memory(index: int) -> tuple[int, int] | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+        return info.used, info.total
+    except Exception:  # no NVML library or driver: allocator figures are still exported
+        return None

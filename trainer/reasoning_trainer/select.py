@@ -1,0 +1,87 @@
+"""PRM data selection (ReasonFlux-PRM style): score a raw pool of reasoning traces with the
+process reward model and keep the best for SFT.
+
+Recipe: (train the PRM first when this run trains it, see RunSpec.reward_model_trained_in)
+-> score every trace's steps in batches -> aggregate to one score per trace -> keep the top K
+or a fraction -> write selected.jsonl (GSM8K format) and the score histogram.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import models, prm
+from .checkpoints import StopRequest, write_json
+from .data.problems import Trace
+from .data.sources import load_pool, write_traces
+from .job import StageJob
+from .metrics import StageMetrics
+from .stage_result import StageResult
+
+HISTOGRAM_BINS = 20
+
+
+def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
+    select = job.spec.stages.select
+    result = StageResult()
+    trains_prm = job.spec.reward_model_trained_in() == "select"
+    if trains_prm:
+        result.details["reward_model"] = prm.train_reward_model(job, "select", metrics, stop, (0.0, 0.6))
+        result.metrics.update({f"prm_{k}": v for k, v in result.details["reward_model"]["after"].items()})
+
+    pool_spec = job.spec.data.pool or job.spec.data.train
+    pool = load_pool(pool_spec, "spec.data.pool" if job.spec.data.pool else "spec.data.train")
+    tokenizer = models.load_tokenizer(job, "rewardModel")
+    model = models.load_reward_model(job, "select")
+    scores = _score_pool(job, model, tokenizer, pool, metrics, (0.6 if trains_prm else 0.0, 1.0))
+
+    keep = select.keep_top_k if select.keep_top_k else max(1, round(len(pool) * select.keep_fraction))
+    order = sorted(range(len(pool)), key=lambda index: scores[index], reverse=True)[:keep]
+    chosen = sorted(order)  # keep the pool's order, so SFT sees the data as it came
+    kept = [pool[index] for index in chosen]
+    write_traces(job.paths.selected, kept, [scores[index] for index in chosen])
+    histogram = score_histogram(scores, [scores[index] for index in chosen])
+    write_json(job.paths.stage("select") / "histogram.json", histogram)
+
+    result.checkpoint = str(job.paths.selected)
+    result.metrics.update({"pool": len(pool), "kept": len(kept),
+                           "score_threshold": min(scores[index] for index in chosen)})
+    result.metrics.update(_correct_shares(pool, kept))
+    result.details["histogram"] = histogram
+    return result
+
+
+def _score_pool(job: StageJob, model, tokenizer, pool: list[Trace], metrics: StageMetrics,
+                span: tuple[float, float]) -> list[float]:
+    select = job.spec.stages.select
+    batch = job.stage_plan("select").get("batch_size") if job.spec.reward_model_trained_in() != "select" else None
+    batch = batch or select.batch_size
+    scores = []
+    for start in range(0, len(pool), batch):
+        chunk = pool[start:start + batch]
+        started = time.monotonic()
+        step_scores = prm.score(model, tokenizer,
+                                [(t.problem.question, prm.prm_steps(t.steps, t.answer)) for t in chunk],
+                                job.spec.step_separator, batch, select.max_seq_length)
+        scores += [prm.aggregate(s, select.aggregate) for s in step_scores]
+        metrics.step("rewardModel", time.monotonic() - started, 0, start // batch + 1)
+        metrics.progress(span[0] + (span[1] - span[0]) * len(scores) / len(pool))
+    return scores
+
+
+def score_histogram(all_scores: list[float], kept_scores: list[float]) -> dict:
+    edges = [index / HISTOGRAM_BINS for index in range(HISTOGRAM_BINS + 1)]
+
+    def counts(values):
+        bins = [0] * HISTOGRAM_BINS
+        for value in values:
+            bins[min(int(value * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
+        return bins
+
+    return {"edges": edges, "pool": counts(all_scores), "kept": counts(kept_scores)}
+
+
+def _correct_shares(pool: list[Trace], kept: list[Trace]) -> dict[str, float]:
+    """Share of traces whose final answer is right, before and after selection."""
+    return {"pool_correct_share": sum(t.correct for t in pool) / len(pool),
+            "kept_correct_share": sum(t.correct for t in kept) / len(kept)}

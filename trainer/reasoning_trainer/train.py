@@ -1,0 +1,88 @@
+"""``rto train <stage> --plan plan.json``: run one stage the way its pod does.
+
+Starts the metrics endpoint, runs the stage's recipe, writes results.json and the pod
+termination message. Exit codes: 0 done, 1 failed (the reason is in the termination
+message), 143 stopped by SIGTERM after saving a checkpoint (a rerun resumes from it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+import traceback
+from datetime import datetime, timezone
+
+from .checkpoints import StopRequest, write_json
+from .job import StageJob, load_job
+from .metrics import StageMetrics
+from .stage_result import StageResult, termination_message, write_termination_message
+from .training import StageInterrupted
+
+log = logging.getLogger(__name__)
+
+# The recipe module of each stage; each has run(job, metrics, stop) -> StageResult.
+RECIPES = {"select": "select", "sft": "sft", "rl": "rl", "eval": "eval"}
+EXIT_INTERRUPTED = 143
+
+
+def main(stage: str, plan_path: str, metrics_port: int | None = None) -> int:
+    try:
+        job = load_job(plan_path)
+        job.stage_plan(stage)  # fails early, naming the enabled stages, for a stage the plan lacks
+    except (OSError, ValueError, KeyError) as error:
+        reason = f"cannot run stage {stage} from {plan_path}: {error}"
+        log.error("%s", reason)
+        write_termination_message(termination_message(stage, "Failed", 0.0, reason=reason))
+        return 2
+    metrics = StageMetrics(job.run, job.namespace, stage)
+    metrics.serve(metrics_port)
+    stop = StopRequest().install()
+    started, started_at = time.monotonic(), _now()
+    try:
+        result = _recipe(stage).run(job, metrics, stop)
+    except StageInterrupted as interrupted:
+        write_termination_message(termination_message(stage, "Interrupted", time.monotonic() - started,
+                                                      reason=str(interrupted)))
+        log.warning("%s", interrupted)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        log.error("stage %s failed:\n%s", stage, traceback.format_exc())
+        write_termination_message(termination_message(stage, "Failed", time.monotonic() - started,
+                                                      reason=f"{type(error).__name__}: {error}"))
+        return 1
+    duration = time.monotonic() - started
+    metrics.progress(1.0)
+    _write_results(job, stage, result, duration, started_at, metrics)
+    write_termination_message(termination_message(stage, "Succeeded", duration, result))
+    return 0
+
+
+def _recipe(stage: str):
+    return importlib.import_module(f".{RECIPES[stage]}", __package__)
+
+
+def _write_results(job: StageJob, stage: str, result: StageResult, duration: float, started_at: str,
+                   metrics: StageMetrics) -> None:
+    write_json(job.paths.results(stage), {
+        "run": job.run, "stage": stage, "phase": "Succeeded",
+        "startTime": started_at, "completionTime": _now(), "durationSeconds": round(duration, 2),
+        "accuracy": result.accuracy, "checkpoint": result.checkpoint, "metrics": result.metrics,
+        "details": result.details, "plan": job.stage_plan(stage), "history": metrics.history,
+        "peakMemoryBytes": _peak_memory(),
+    })
+
+
+def _peak_memory() -> dict[str, int]:
+    """Peak tensor memory per GPU, or the process's peak resident memory on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {f"cuda:{i}": torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())}
+    import resource
+
+    return {"cpu": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
