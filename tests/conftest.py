@@ -63,3 +63,14 @@ def plan_file(tmp_path):
         return path
 
     return write
+
+
+def pod_env(**extra: str) -> dict:
+    """The environment of a fresh stage process: none of the distributed or accelerate variables an
+    in-process DeepSpeed test leaves behind in this one."""
+    import os
+
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+           and not key.startswith("ACCELERATE_")}
+    return {**env, **extra}

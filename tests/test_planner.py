@@ -124,3 +124,14 @@ def test_8bit_keeps_embeddings_in_16bit():
     eight = weight_bytes(arch, "bfloat16", True)
     assert eight == (arch.parameters - arch.embedding_parameters) + 2 * arch.embedding_parameters
     assert eight / GIB < weight_bytes(arch, "bfloat16", False) / GIB / 1.7
+
+
+def test_the_prm_is_trained_in_select_when_select_runs_before_sft():
+    spec = validate_spec({"preset": "tiny"})
+    assert spec.reward_model_trained_in() == "select"
+    plan = plan_run(spec)
+    assert plan.stages["select"].trains == ["rewardModel"]
+    assert plan.stages["sft"].trains == ["generator"]
+    without_select = validate_spec({"preset": "tiny", "stages": {"select": {"enabled": False}}})
+    assert without_select.reward_model_trained_in() == "sft"
+    assert plan_run(without_select).stages["sft"].trains == ["rewardModel", "generator"]

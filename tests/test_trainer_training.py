@@ -1,7 +1,6 @@
 """Real training on CPU with the embedded tiny model: learning, DeepSpeed, 8-bit, LoRA, resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 import pytest
 import torch
 
+from conftest import pod_env
 from reasoning_trainer import models, train
 from reasoning_trainer.checkpoints import latest_complete
 from reasoning_trainer.job import load_job
@@ -95,11 +95,7 @@ def test_lora_adapters_train_and_merge_into_the_saved_model(plan_file):
 
 
 def _start_sft(path):
-    # A fresh process as in a pod: none of the variables the in-process DeepSpeed test left behind.
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-           and not key.startswith("ACCELERATE_")}
-    env.update(RTO_METRICS_PORT="0", RTO_TERMINATION_LOG=str(path.parent / "termination-log"))
+    env = pod_env(RTO_METRICS_PORT="0", RTO_TERMINATION_LOG=str(path.parent / "termination-log"))
     return subprocess.Popen([sys.executable, "-m", "reasoning_trainer.cli", "train", "sft", "--plan", str(path)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -52,29 +52,36 @@ def _loss_chart(results, path: Path) -> Path | None:
 
 
 def _accuracy_chart(results, path: Path) -> Path | None:
-    series = {}
+    """Final accuracies as bars; accuracy and reward against step where a stage logged several."""
+    curves = {}
     for stage, result in results.items():
         for point in result.get("history", []):
-            if "reward" in point:
-                series.setdefault(f"{stage} reward ({point['role']})", []).append((point["step"], point["reward"]))
+            if point.get("step") is None:
+                continue
+            if "accuracy" in point:
+                label = f"{stage} {point['benchmark']} {point['metric']}"
+                curves.setdefault(label, []).append((point["step"], point["accuracy"]))
+            elif "reward" in point:
+                curves.setdefault(f"{stage} reward", []).append((point["step"], point["reward"]))
+    curves = {label: points for label, points in curves.items() if len(points) > 1}
     bars = {f"{stage}: {key}": value for stage, result in results.items()
             for key, value in result["metrics"].items()
             if isinstance(value, float) and ("accuracy" in key or "@" in key)}
-    if not series and not bars:
+    if not curves and not bars:
         return None
-    figure, axes = plt.subplots(1, 2 if series and bars else 1, figsize=(11, 4), squeeze=False)
+    figure, axes = plt.subplots(1, 2 if curves and bars else 1, figsize=(12, 4.5), squeeze=False)
     axes = list(axes[0])
     if bars:
         ax = axes.pop(0)
         ax.barh(list(bars), list(bars.values()), color="tab:green")
         ax.set_xlim(0, 1)
         ax.set_title("Accuracy")
-    if series:
+    if curves:
         ax = axes.pop(0)
-        for label, points in series.items():
+        for label, points in curves.items():
             ax.plot(*zip(*points), label=label)
-        ax.set_xlabel("iteration")
-        ax.set_title("Reward")
+        ax.set_xlabel("step / iteration")
+        ax.set_title("Accuracy and reward against step")
         ax.legend()
     return _save(figure, path)
 

@@ -1,0 +1,34 @@
+"""``rto run -f run.yaml --local``: every stage in order, a summary, report.html, and a rerun that
+keeps what is done."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import SMALL_TINY, pod_env, resource
+
+RTO = Path(sys.executable).with_name("rto")
+
+
+def test_local_run_trains_every_stage_reports_and_resumes(tmp_path):
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(yaml.safe_dump(resource(SMALL_TINY, name="small")))
+    command = [str(RTO), "run", "-f", str(manifest), "--local", "--output", str(tmp_path / "outputs")]
+    env = pod_env(RTO_METRICS_PORT="0")
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    root = tmp_path / "outputs" / "small"
+    for stage in ("select", "sft", "eval"):
+        assert (root / stage / "results.json").is_file()
+    summary = first.stdout[first.stdout.index("STAGE"):]
+    assert [line.split()[0] for line in summary.splitlines()[1:4]] == ["select", "sft", "eval"]
+    report = (root / "report.html").read_text()
+    for chart in ("loss", "accuracy", "time", "memory", "select-scores"):
+        assert f"charts/{chart}.png" in report
+        assert (root / "charts" / f"{chart}.png").stat().st_size > 1000
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0
+    assert again.stdout.count("already done") == 3
