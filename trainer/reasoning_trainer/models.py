@@ -146,9 +146,13 @@ def _has_adapters(model) -> bool:
 
 
 def save_trained(model, tokenizer, target: Path) -> None:
-    """Final weights for later stages: LoRA merged into 16-bit weights; kept as adapters on 8-bit."""
+    """Final weights for later stages: LoRA merged into 16-bit weights; kept as adapters on 8-bit.
+    Under torchrun only rank 0 writes them."""
     from .checkpoints import atomic_dir
+    from .training import is_main_process
 
+    if not is_main_process():
+        return
     with atomic_dir(target) as staging:
         if _has_adapters(model) and not getattr(model, "is_loaded_in_8bit", False):
             model = model.merge_and_unload()

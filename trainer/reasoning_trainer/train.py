@@ -17,7 +17,7 @@ from .checkpoints import StopRequest, write_json
 from .job import StageJob, load_job
 from .metrics import StageMetrics
 from .stage_result import StageResult, termination_message, write_termination_message
-from .training import StageInterrupted
+from .training import StageInterrupted, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def main(stage: str, plan_path: str, metrics_port: int | None = None) -> int:
         return 1
     duration = time.monotonic() - started
     metrics.progress(1.0)
+    if not is_main_process():
+        return 0  # rank 0 writes the stage's results
     _write_results(job, stage, result, duration, started_at, metrics)
     write_termination_message(termination_message(stage, "Succeeded", duration, result))
     return 0

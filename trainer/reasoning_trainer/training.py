@@ -177,5 +177,10 @@ def model_flops_utilization(parameters: int, tokens: int, seconds: float, device
     return 6 * parameters * tokens / seconds / peak
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch (or the only process): the one that writes shared files."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def on_gpu() -> bool:
     return torch.cuda.is_available()
