@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Stable timings and no oversubscription on small CI machines.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: venv run test bench crd docs generate clean
+.PHONY: venv run test e2e bench crd docs generate clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ run: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# Against the cluster in KUBECONFIG (kind, k3d, real); skipped, saying so, without one.
+# RTO_E2E_TRAINER_IMAGE=<image the nodes can pull> makes the stage pods really train.
+e2e: venv
+	$(PY) -m pytest -m e2e tests/e2e -v -rs
 
 bench: venv
 	$(PY) bench/planner_memory.py

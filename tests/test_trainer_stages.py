@@ -91,3 +91,19 @@ def test_a_stage_missing_from_the_plan_is_refused_with_the_enabled_stages(plan_f
     reason = json.loads(log.read_text())["reason"]
     assert "stage 'rl' is not in this run's plan (enabled stages: select, sft, eval)" in reason
     assert train.main("sft", str(tmp_path / "missing.json"), metrics_port=0) == 2
+
+
+def test_a_stage_that_already_succeeded_reports_its_results_without_training_again(plan_file, tmp_path,
+                                                                                  monkeypatch):
+    from reasoning_trainer.checkpoints import write_json
+
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("RTO_TERMINATION_LOG", str(log))
+    job = load_job(plan_file())
+    write_json(job.paths.results("eval"), {"stage": "eval", "phase": "Succeeded", "durationSeconds": 42.0,
+                                           "accuracy": 0.75, "checkpoint": None, "metrics": {"a/pass@1": 0.75}})
+    monkeypatch.setattr(train, "_recipe", lambda stage: pytest.fail("the finished stage ran again"))
+    assert train.main("eval", str(plan_file()), metrics_port=0) == 0
+    message = json.loads(log.read_text())
+    assert (message["phase"], message["accuracy"], message["durationSeconds"]) == ("Succeeded", 0.75, 42.0)
+    assert message["metrics"] == {"a/pass@1": 0.75}

@@ -11,6 +11,7 @@ import json
 import sys
 
 import yaml
+from reasoning_operator import main as operator_main
 
 from . import presets
 from .planner import PlanError, RunPlan, plan_run
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="discard earlier outputs of this run and start over")
     run.add_argument("--gpu-memory", metavar="QUANTITY", help="plan for this GPU memory")
     run.set_defaults(handler=_run)
+
+    operator = commands.add_parser("operator", help="run the Kubernetes operator (needs the [operator] extra)")
+    operator_main.add_arguments(operator)
+    operator.set_defaults(handler=operator_main.run)
     return parser
 
 

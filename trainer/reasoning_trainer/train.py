@@ -2,7 +2,8 @@
 
 Starts the metrics endpoint, runs the stage's recipe, writes results.json and the pod
 termination message. Exit codes: 0 done, 1 failed (the reason is in the termination
-message), 143 stopped by SIGTERM after saving a checkpoint (a rerun resumes from it).
+message), 143 stopped by SIGTERM after saving a checkpoint (a rerun resumes from it). A stage
+whose results.json says it succeeded is not trained again: its results are reported as they are.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-from .checkpoints import StopRequest, write_json
+from .checkpoints import StopRequest, read_json, write_json
 from .job import StageJob, load_job
 from .metrics import StageMetrics
 from .stage_result import StageResult, termination_message, write_termination_message
@@ -35,6 +36,14 @@ def main(stage: str, plan_path: str, metrics_port: int | None = None) -> int:
         log.error("%s", reason)
         write_termination_message(termination_message(stage, "Failed", 0.0, reason=reason))
         return 2
+    finished = read_json(job.paths.results(stage))
+    if finished and finished.get("phase") == "Succeeded":
+        # A Job created again (its first one was cleaned up before the operator read the result)
+        # reports the stage's results instead of training it twice.
+        log.info("stage %s already succeeded (%s); reporting its results", stage, job.paths.results(stage))
+        write_termination_message(termination_message(stage, "Succeeded", finished["durationSeconds"], StageResult(
+            finished.get("accuracy"), finished.get("metrics") or {}, finished.get("checkpoint"))))
+        return 0
     metrics = StageMetrics(job.run, job.namespace, stage)
     metrics.serve(metrics_port)
     stop = StopRequest().install()

@@ -80,6 +80,8 @@ class RunStatus(SpecModel):
     observed_generation: int | None = None
     start_time: str | None = None
     completion_time: str | None = None
+    output_dir: str | None = Field(None, description="The run's folder on its volume: stage results, "
+                                                     "checkpoints and trained models.")
     conditions: list[Condition] = Field(default_factory=list)
     stages: dict[str, StageStatus] = Field(default_factory=dict)
 

@@ -1,0 +1,246 @@
+"""What should exist for a run: pure functions from (run, spec, plan) to Kubernetes manifests.
+
+No API calls here. Names are deterministic (``<run>-<stage>``), so creating a child is
+"create if absent" and a restarted operator finds what it made before.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from reasoning_trainer.job import plan_document
+from reasoning_trainer.planner import RunPlan
+from reasoning_trainer.schema import GROUP, KIND, VERSION, RunSpec
+
+RUN_LABEL = f"{GROUP}/run"
+STAGE_LABEL = f"{GROUP}/stage"
+# The chart's PodMonitor selects trainer pods by this label and scrapes the named port.
+TRAINER_LABELS = {"app.kubernetes.io/name": "reasoning-trainer", "app.kubernetes.io/part-of": "reasoning-operator",
+                  "app.kubernetes.io/managed-by": "reasoning-operator"}
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CONTAINER = "trainer"
+PLAN_DIR = "/etc/rto"
+PLAN_FILE = f"{PLAN_DIR}/plan.json"
+DATA_DIR = "/data"
+METRICS_PORT = 9400
+RENDEZVOUS_PORT = 29500
+# Exit code of ``rto train`` for an unusable plan file: retrying cannot help.
+EXIT_BAD_PLAN = 2
+# Job names become pod labels and, with "-<index>", pod hostnames of multi-node stages: both are capped
+# at 63 characters. "select" is the longest stage name; 128 nodes need up to "-127".
+MAX_RUN_NAME = 63 - len("-select") - len("-127")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The parent resource's identity, as its children refer to it."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Run:
+        meta = body["metadata"]
+        return cls(meta["name"], meta["namespace"], meta["uid"])
+
+    @property
+    def output_dir(self) -> str:
+        """The run's folder on the volume; the uid keeps a recreated run of the same name apart."""
+        return f"{DATA_DIR}/{self.name}-{self.uid[:8]}"
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+    def labels(self, stage: str | None = None) -> dict[str, str]:
+        labels = {**TRAINER_LABELS, RUN_LABEL: self.name}
+        return labels if stage is None else {**labels, STAGE_LABEL: stage}
+
+    def metadata(self, name: str, stage: str | None = None) -> dict[str, Any]:
+        return {"name": name, "namespace": self.namespace, "labels": self.labels(stage),
+                "ownerReferences": [self.owner_reference()]}
+
+
+def job_name(run: str, stage: str) -> str:
+    return f"{run}-{stage}"
+
+
+def claim_name(run: Run, spec: RunSpec) -> str:
+    return spec.storage.existing_claim or f"{run.name}-data"
+
+
+def is_data_parallel(stage_plan: dict[str, Any]) -> bool:
+    """Training on several GPUs runs one process per GPU under torchrun; inference stages place
+    each model on its own GPU inside one process."""
+    return stage_plan["zero_stage"] is not None and stage_plan["gpus"] > 1
+
+
+def volume_claim(run: Run, spec: RunSpec) -> dict[str, Any] | None:
+    """The claim to create for the run's checkpoints and results; None for an existing claim."""
+    storage = spec.storage
+    if storage.existing_claim:
+        return None
+    claim_spec: dict[str, Any] = {"accessModes": list(storage.access_modes),
+                                  "resources": {"requests": {"storage": storage.size}}}
+    if storage.storage_class_name:
+        claim_spec["storageClassName"] = storage.storage_class_name
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": run.metadata(claim_name(run, spec)),
+            "spec": claim_spec}
+
+
+def plan_config_map(run: Run, spec: RunSpec, plan: RunPlan, stage: str) -> dict[str, Any]:
+    """The plan the stage starts from, frozen when its Job is created: a later spec change
+    reaches only stages that have not started."""
+    document = plan_document(run.name, run.namespace, spec, plan, run.output_dir)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": run.metadata(job_name(run.name, stage), stage),
+            "data": {"plan.json": json.dumps(document, indent=2)}}
+
+
+def headless_service(run: Run, stage: str) -> dict[str, Any]:
+    """Stable DNS names ``<job>-<index>.<job>`` for the pods of a multi-node stage."""
+    name = job_name(run.name, stage)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": run.metadata(name, stage),
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {RUN_LABEL: run.name, STAGE_LABEL: stage},
+                     "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}]}}
+
+
+def stage_children(run: Run, spec: RunSpec, plan: RunPlan, stage: str, image: str, config) -> list[dict[str, Any]]:
+    """Everything one stage needs, in creation order: plan ConfigMap, Service (multi-node), Job."""
+    stage_plan = plan.stages[stage].to_dict()
+    children = [plan_config_map(run, spec, plan, stage)]
+    if stage_plan["nodes"] > 1:
+        children.append(headless_service(run, stage))
+    children.append(stage_job(run, spec, stage, stage_plan, image, config))
+    return children
+
+
+def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], image: str, config) -> dict[str, Any]:
+    name = job_name(run.name, stage)
+    nodes = stage_plan["nodes"]
+    gpus_per_node = stage_plan["gpus"] // nodes
+    metadata = run.metadata(name, stage)
+    metadata["annotations"] = _plan_annotations(stage_plan)
+    if spec.queue_name:
+        metadata["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+    job_spec: dict[str, Any] = {
+        # Each retry is a new pod that resumes from the stage's last complete checkpoint.
+        "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                  "values": [EXIT_BAD_PLAN]}},
+            # Preemption and node drains do not use up the run's retries.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+        # Kueue admits a Job by unsuspending it.
+        "suspend": bool(spec.queue_name),
+        "template": {
+            "metadata": {"labels": run.labels(stage), "annotations": dict(metadata["annotations"])},
+            "spec": _pod_spec(run, spec, stage, stage_plan, gpus_per_node, image, config),
+        },
+    }
+    if nodes > 1:
+        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+        job_spec["template"]["spec"]["subdomain"] = name
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def _plan_annotations(stage_plan: dict[str, Any]) -> dict[str, str]:
+    """The planner's decisions, readable with ``kubectl describe`` (the trainer reads the plan file)."""
+    eight_bit = [role for role, on in stage_plan["load_in_8bit"].items() if on]
+    annotations = {f"{GROUP}/gpus": str(stage_plan["gpus"]), f"{GROUP}/dtype": stage_plan["dtype"],
+                   f"{GROUP}/load-in-8bit": ",".join(eight_bit) or "none",
+                   f"{GROUP}/planned-memory-gib": str(stage_plan["memory_gib"])}
+    if stage_plan["zero_stage"] is not None:
+        annotations[f"{GROUP}/zero-stage"] = str(stage_plan["zero_stage"])
+    return annotations
+
+
+def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], gpus_per_node: int,
+              image: str, config) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "command": _command(stage, stage_plan, gpus_per_node),
+        "env": _env(run, spec, stage, stage_plan, gpus_per_node),
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+        "volumeMounts": [{"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
+                         {"name": "data", "mountPath": DATA_DIR},
+                         {"name": "dshm", "mountPath": "/dev/shm"}],
+        # The trainer writes a JSON result there; an OOM kill leaves the log tail instead.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    if gpus_per_node:
+        gpus = {spec.gpu.resource_name: gpus_per_node}
+        container["resources"] = {"requests": dict(gpus), "limits": dict(gpus)}
+    shm_gib = max(1, config.shm_gib_per_gpu * gpus_per_node)
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
+        "containers": [container],
+        "volumes": [
+            {"name": "plan", "configMap": {"name": job_name(run.name, stage)}},
+            {"name": "data", "persistentVolumeClaim": {"claimName": claim_name(run, spec)}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib}Gi"}},
+        ],
+    }
+    node_selector = dict(spec.node_selector)
+    if gpus_per_node and spec.gpu.product_label:
+        node_selector["nvidia.com/gpu.product"] = spec.gpu.product_label
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    tolerations = [toleration.model_dump(by_alias=True, exclude_none=True) for toleration in spec.tolerations]
+    if gpus_per_node:
+        # GPU node pools are commonly tainted with the GPU resource name.
+        tolerations.append({"key": spec.gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        pod["tolerations"] = tolerations
+    for key, value in (("affinity", spec.affinity), ("priorityClassName", spec.priority_class_name),
+                       ("schedulerName", spec.scheduler_name),
+                       ("serviceAccountName", config.trainer_service_account or None)):
+        if value:
+            pod[key] = value
+    return pod
+
+
+def _command(stage: str, stage_plan: dict[str, Any], gpus_per_node: int) -> list[str]:
+    train = ["train", stage, "--plan", PLAN_FILE]
+    if not is_data_parallel(stage_plan):
+        return ["rto", *train]
+    if stage_plan["nodes"] == 1:
+        return ["torchrun", "--standalone", f"--nproc-per-node={gpus_per_node}",
+                "-m", "reasoning_trainer.cli", *train]
+    # $(VAR) is expanded by the kubelet from the container's environment.
+    return ["torchrun", "--nnodes=$(NNODES)", "--nproc-per-node=$(NPROC_PER_NODE)", "--node-rank=$(NODE_RANK)",
+            "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
+            "-m", "reasoning_trainer.cli", *train]
+
+
+def _env(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], gpus_per_node: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # Downloads land on the run's volume, so a retried pod does not fetch the models again.
+        {"name": "HF_HOME", "value": f"{DATA_DIR}/.cache/huggingface"},
+    ]
+    if spec.hf_token_secret:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": spec.hf_token_secret.name, "key": spec.hf_token_secret.key}}})
+    nodes = stage_plan["nodes"]
+    if nodes > 1:
+        name = job_name(run.name, stage)
+        env += [
+            {"name": "NNODES", "value": str(nodes)},
+            {"name": "NPROC_PER_NODE", "value": str(gpus_per_node)},
+            {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+            {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{run.namespace}.svc"},
+            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        ]
+    return env

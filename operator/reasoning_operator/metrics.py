@@ -1,0 +1,64 @@
+"""The operator's Prometheus metrics, defined once (the dashboard and the tests read these names)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from reasoning_trainer.schema.run import RunStatus
+
+PHASES = RunStatus.model_fields["phase"].annotation.__args__
+STAGE_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 72 * 3600)
+HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# name -> (kind, help, labels)
+METRICS = {
+    "rto_operator_runs": ("gauge", "ReasoningTrainings by phase.", ("phase",)),
+    "rto_operator_stage_transitions_total": ("counter", "Stage phase changes.", ("stage", "phase")),
+    "rto_operator_stage_duration_seconds": ("histogram", "Duration of succeeded stages.", ("stage",)),
+    "rto_operator_reconcile_errors_total": ("counter", "Reconcile passes that raised, by error type.", ("error",)),
+    "rto_operator_handler_duration_seconds": ("histogram", "Wall time of one reconcile pass.", ("handler",)),
+}
+
+
+class _RunPhases:
+    """Collects rto_operator_runs at scrape time from the last phase seen of each run."""
+
+    def __init__(self) -> None:
+        self.phases: dict[tuple[str, str], str] = {}
+
+    def collect(self):
+        family = GaugeMetricFamily("rto_operator_runs", METRICS["rto_operator_runs"][1], labels=["phase"])
+        for phase in PHASES:
+            family.add_metric([phase], sum(1 for seen in self.phases.values() if seen == phase))
+        yield family
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.runs = _RunPhases()
+        self.registry.register(self.runs)
+        self.transitions = Counter("rto_operator_stage_transitions", METRICS["rto_operator_stage_transitions_total"][1],
+                                   ["stage", "phase"], registry=self.registry)
+        self.stage_duration = Histogram("rto_operator_stage_duration_seconds",
+                                        METRICS["rto_operator_stage_duration_seconds"][1], ["stage"],
+                                        buckets=STAGE_BUCKETS, registry=self.registry)
+        self.errors = Counter("rto_operator_reconcile_errors", METRICS["rto_operator_reconcile_errors_total"][1],
+                              ["error"], registry=self.registry)
+        self.handler_duration = Histogram("rto_operator_handler_duration_seconds",
+                                          METRICS["rto_operator_handler_duration_seconds"][1], ["handler"],
+                                          buckets=HANDLER_BUCKETS, registry=self.registry)
+
+    def observe(self, namespace: str, name: str, before: RunStatus, after: RunStatus) -> None:
+        self.runs.phases[(namespace, name)] = after.phase
+        for stage, status in after.stages.items():
+            old = before.stages.get(stage)
+            if old is not None and old.phase == status.phase:
+                continue
+            self.transitions.labels(stage, status.phase).inc()
+            if status.phase == "Succeeded" and status.duration_seconds is not None:
+                self.stage_duration.labels(stage).observe(status.duration_seconds)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.runs.phases.pop((namespace, name), None)

@@ -1,0 +1,370 @@
+"""The run's next status, computed from its spec, plan and the Jobs and Pods observed now.
+
+Pure: ``decide`` returns the whole new status, the one action to take (create a stage's
+children, or remove a stage's Job to suspend it) and the events the change deserves. The
+status is the record of finished stages, so a Job cleaned up by its TTL is never rerun.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from reasoning_trainer.planner import RunPlan
+from reasoning_trainer.schema import RunSpec
+from reasoning_trainer.schema.run import Condition, RunStatus, StageStatus
+
+from .desired import CONTAINER, Run, job_name
+
+CONDITION_TYPES = ("Ready", "Progressing", "Succeeded", "Failed", "Suspended")
+# Waiting reasons that do not fix themselves: reported at once, not after stuck_after.
+IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                "CreateContainerError"}
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+@dataclass(frozen=True)
+class Observed:
+    jobs: dict[str, dict[str, Any]]  # stage -> its Job
+    pods: dict[str, list[dict[str, Any]]]  # stage -> its Job's pods
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: RunStatus
+    create: str | None = None  # create this stage's children
+    remove: str | None = None  # delete this stage's Job (suspend: its pod checkpoints on SIGTERM)
+    events: list[Event] = field(default_factory=list)
+
+    def status_patch(self) -> dict[str, Any]:
+        return self.status.model_dump(by_alias=True, exclude_none=True)
+
+
+def load_status(raw: dict[str, Any] | None) -> RunStatus:
+    """The stored status; fields this version does not know are dropped, not fatal."""
+    known = {field.alias for field in RunStatus.model_fields.values()}
+    return RunStatus.model_validate({key: value for key, value in (raw or {}).items() if key in known})
+
+
+def decide(run: Run, generation: int, spec: RunSpec, plan: RunPlan, stored: dict[str, Any] | None,
+           observed: Observed, stuck_after: float) -> Decision:
+    before = load_status(stored)
+    status = before.model_copy(deep=True)
+    status.observed_generation, status.gpus = generation, plan.gpus
+    status.start_time = status.start_time or _stamp(observed.now)
+    status.output_dir = run.output_dir
+    decision = Decision(status)
+    enabled = spec.enabled_stages()
+    for stage in enabled:
+        stage_status = status.stages.setdefault(stage, StageStatus())
+        if stage_status.phase == "Pending" and stage not in observed.jobs:
+            stage_status.gpus = plan.stages[stage].gpus  # not started: follows the current spec
+    progressing = _advance(run.name, spec, enabled, status, observed, stuck_after, decision)
+    _summarize(spec, enabled, status, observed.now, progressing)
+    _condition(status, "Ready", True, "Planned", f"stages {', '.join(enabled)} planned; most GPUs "
+                                                 f"of a stage: {plan.gpus}", observed.now)
+    decision.events = transition_events(before, status, generation)
+    return decision
+
+
+def rejected(generation: int, stored: dict[str, Any] | None, reason: str, message: str, now: datetime) -> Decision:
+    """An invalid spec: nothing new starts, a running stage keeps the plan it started with."""
+    before = load_status(stored)
+    status = before.model_copy(deep=True)
+    status.observed_generation = generation
+    _condition(status, "Ready", False, reason, message, now)
+    if not any(stage.phase != "Pending" for stage in status.stages.values()):
+        _condition(status, "Progressing", False, reason, "fix the spec to start the run", now)
+    return Decision(status, events=transition_events(before, status, generation))
+
+
+def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, observed: Observed,
+             stuck_after: float, decision: Decision) -> tuple[bool, str, str]:
+    """Walk the stages in order up to the first unfinished one; returns the Progressing condition."""
+    for stage in enabled:
+        current = status.stages[stage]
+        if current.phase == "Succeeded":
+            continue
+        status.stage = stage
+        job = observed.jobs.get(stage)
+        if current.phase == "Failed":
+            return False, "StageFailed", f"stage {stage} failed: {current.message}"
+        if spec.suspend:
+            return _suspend(stage, current, job, decision)
+        if job is None:
+            decision.create = stage
+            current.job, current.phase = job_name(run, stage), "Pending"
+            current.message = "creating the stage's Job"
+            return True, "StageCreated", f"stage {stage}: creating Job {current.job}"
+        if job["metadata"].get("deletionTimestamp"):
+            current.message = "waiting for the previous Job's pods to stop"
+            return True, "StageTerminating", f"stage {stage}: {current.message}"
+        outcome = _outcome(job)
+        pods = observed.pods.get(stage, [])
+        if outcome == "Complete":
+            _record_success(current, job, pods)
+            continue
+        if outcome == "Failed":
+            _record_failure(current, job, pods)
+            return False, "StageFailed", f"stage {stage} failed: {current.message}"
+        return _running(stage, spec, current, job, pods, observed.now, stuck_after)
+    status.stage = None
+    return False, "Succeeded", "every stage succeeded"
+
+
+def _suspend(stage: str, current: StageStatus, job: dict | None, decision: Decision) -> tuple[bool, str, str]:
+    if job is not None and not job["metadata"].get("deletionTimestamp") and _outcome(job) is None:
+        decision.remove = stage
+    current.phase = "Suspended"
+    current.message = "suspended; set spec.suspend: false to resume from the last checkpoint"
+    return False, "Suspended", f"stage {stage} {current.message}"
+
+
+def _running(stage: str, spec: RunSpec, current: StageStatus, job: dict, pods: list[dict], now: datetime,
+             stuck_after: float) -> tuple[bool, str, str]:
+    job_status = job.get("status") or {}
+    current.job = job["metadata"]["name"]
+    current.attempts = int(job_status.get("failed", 0)) + 1
+    current.start_time = current.start_time or job_status.get("startTime")
+    attempt = f"attempt {current.attempts} of {spec.backoff_limit + 1}"
+    if (job.get("spec") or {}).get("suspend"):
+        current.phase = "Pending"
+        current.message = f"waiting for Kueue to admit the Job (queue {spec.queue_name})" if spec.queue_name \
+            else "the Job is suspended"
+        return True, "Queued", f"stage {stage}: {current.message}"
+    stuck = _stuck(pods, now, stuck_after)
+    if stuck is not None:
+        reason, message = stuck
+        current.phase, current.message = "Pending", message
+        return False, reason, f"stage {stage}: {message}"
+    if any((pod.get("status") or {}).get("phase") == "Running" for pod in pods):
+        current.phase, current.message = "Running", attempt
+        return True, "StageRunning", f"stage {stage} running ({attempt})"
+    current.phase, current.message = "Pending", f"waiting for the pod to start ({attempt})"
+    return True, "StagePending", f"stage {stage}: {current.message}"
+
+
+def _stuck(pods: list[dict], now: datetime, stuck_after: float) -> tuple[str, str] | None:
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending":
+            continue
+        name = pod["metadata"]["name"]
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in IMAGE_ERRORS:
+                return waiting["reason"], f"pod {name}: {waiting['reason']}: {waiting.get('message', '')}".strip()
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                    and condition.get("reason") == "Unschedulable":
+                since = _parse(condition.get("lastTransitionTime"))
+                if since is not None and (now - since).total_seconds() >= stuck_after:
+                    minutes = int((now - since).total_seconds() // 60)
+                    return "Unschedulable", (f"pod {name} unschedulable for {minutes} min: "
+                                             f"{condition.get('message', '')}").strip()
+    return None
+
+
+def _outcome(job: dict) -> str | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition["type"] in ("Complete", "SuccessCriteriaMet"):
+            return "Complete"
+        if condition["type"] in ("Failed", "FailureTarget"):
+            return "Failed"
+    return None
+
+
+def _record_success(current: StageStatus, job: dict, pods: list[dict]) -> None:
+    job_status = job.get("status") or {}
+    current.phase, current.job = "Succeeded", job["metadata"]["name"]
+    current.start_time = current.start_time or job_status.get("startTime")
+    current.completion_time = job_status.get("completionTime") or current.start_time
+    result = _termination_result(_result_pod(pods, "Succeeded"))
+    current.duration_seconds = result.get("durationSeconds", _seconds(current.start_time, current.completion_time))
+    current.accuracy = result.get("accuracy")
+    current.checkpoint = result.get("checkpoint")
+    current.metrics = {key: float(value) for key, value in (result.get("metrics") or {}).items()}
+    current.message = "succeeded"
+
+
+def _record_failure(current: StageStatus, job: dict, pods: list[dict]) -> None:
+    job_status = job.get("status") or {}
+    current.phase, current.job = "Failed", job["metadata"]["name"]
+    current.attempts = max(current.attempts, int(job_status.get("failed", 0)))
+    pod = _result_pod(pods, "Failed")
+    result = _termination_result(pod)
+    reason = result.get("reason") or _job_condition_message(job) or "the stage's Job failed"
+    current.message = f"{reason} (after {current.attempts} attempt{'s' if current.attempts != 1 else ''})"
+    current.completion_time = current.completion_time or _last_condition_time(job)
+
+
+def _result_pod(pods: list[dict], phase: str) -> dict | None:
+    """The pod whose termination message speaks for the stage: rank 0 (index 0) writes results."""
+    matching = [pod for pod in pods if (pod.get("status") or {}).get("phase") == phase]
+    matching.sort(key=lambda pod: (((pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX, "0")) == "0",
+                                   pod["metadata"].get("creationTimestamp") or ""))
+    return matching[-1] if matching else None
+
+
+def _termination_result(pod: dict | None) -> dict[str, Any]:
+    """The trainer's JSON termination message; a kill leaves the kubelet's reason or the log tail."""
+    if pod is None:
+        return {}
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") != CONTAINER:
+            continue
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        text = terminated.get("message") or ""
+        try:
+            message = json.loads(text)
+            if isinstance(message, dict):
+                return message
+        except ValueError:
+            pass
+        kubelet = f"{terminated.get('reason', 'terminated')} (exit code {terminated.get('exitCode', '?')})"
+        tail = text.strip().splitlines()[-1][:500] if text.strip() else ""
+        return {"reason": f"{kubelet}: {tail}" if tail else kubelet}
+    return {}
+
+
+def _job_condition_message(job: dict) -> str:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return f"{condition.get('reason', 'Failed')}: {condition.get('message', '')}".strip(": ")
+    return ""
+
+
+def _last_condition_time(job: dict) -> str | None:
+    times = [condition.get("lastTransitionTime") for condition in (job.get("status") or {}).get("conditions") or []]
+    return max((time for time in times if time), default=None)
+
+
+def _summarize(spec: RunSpec, enabled: list[str], status: RunStatus, now: datetime,
+               progressing: tuple[bool, str, str]) -> None:
+    phases = [status.stages[stage].phase for stage in enabled]
+    if "Failed" in phases:
+        status.phase = "Failed"
+    elif all(phase == "Succeeded" for phase in phases):
+        status.phase = "Succeeded"
+    elif spec.suspend:
+        status.phase = "Suspended"
+    elif any(phase in ("Running", "Succeeded") for phase in phases):
+        status.phase = "Running"
+    else:
+        status.phase = "Pending"
+    if status.phase in ("Succeeded", "Failed"):
+        status.completion_time = status.completion_time or _stamp(now)
+    else:
+        status.completion_time = None
+    status.accuracy = _headline(enabled, status)
+    on, reason, message = progressing
+    _condition(status, "Progressing", on, reason, message, now)
+    failed = status.phase == "Failed"
+    _condition(status, "Succeeded", status.phase == "Succeeded", "AllStagesSucceeded" if status.phase == "Succeeded"
+               else status.phase, "every stage succeeded" if status.phase == "Succeeded" else message, now)
+    _condition(status, "Failed", failed, "StageFailed" if failed else "NoFailure", message if failed else "", now)
+    _condition(status, "Suspended", spec.suspend, "Suspended" if spec.suspend else "NotSuspended",
+               "spec.suspend is true" if spec.suspend else "", now)
+
+
+def _headline(enabled: list[str], status: RunStatus) -> str | None:
+    """The last stage's accuracy that has one (eval's pass@1 on the first benchmark, when eval ran)."""
+    for stage in reversed(enabled):
+        accuracy = status.stages[stage].accuracy
+        if accuracy is not None:
+            return f"{accuracy * 100:.1f}%"
+    return status.accuracy
+
+
+def _condition(status: RunStatus, kind: str, on: bool, reason: str, message: str, now: datetime) -> None:
+    value = "True" if on else "False"
+    for condition in status.conditions:
+        if condition.type == kind:
+            if condition.status != value:
+                condition.last_transition_time = _stamp(now)
+            condition.status, condition.reason, condition.message = value, reason, message
+            condition.observed_generation = status.observed_generation
+            return
+    status.conditions.append(Condition.model_validate({
+        "type": kind, "status": value, "reason": reason, "message": message,
+        "lastTransitionTime": _stamp(now), "observedGeneration": status.observed_generation}))
+    status.conditions.sort(key=lambda condition: CONDITION_TYPES.index(condition.type)
+                           if condition.type in CONDITION_TYPES else len(CONDITION_TYPES))
+
+
+def transition_events(before: RunStatus, after: RunStatus, generation: int) -> list[Event]:
+    """One event per change a user would want in ``kubectl describe``: stages, the run, conditions."""
+    events = []
+    if before.observed_generation is not None and generation != before.observed_generation \
+            and any(stage.job for stage in before.stages.values()):
+        waiting = [name for name, stage in after.stages.items() if not stage.job]
+        events.append(Event("Normal", "SpecChanged", "the new spec applies to stages not started yet ("
+                            + (", ".join(waiting) or "none") + "); started stages keep the plan they began with"))
+    for name, stage in after.stages.items():
+        old = before.stages.get(name, StageStatus())
+        events += _stage_events(name, old, stage)
+    old_conditions = {condition.type: condition for condition in before.conditions}
+    for condition in after.conditions:
+        old = old_conditions.get(condition.type)
+        changed = old is None or (old.status, old.reason, old.message) != (condition.status, condition.reason,
+                                                                           condition.message)
+        if not changed:
+            continue
+        if condition.type == "Ready" and condition.status == "False":
+            events.append(Event("Warning", condition.reason, condition.message))
+        if condition.type == "Progressing" and condition.reason in IMAGE_ERRORS | {"Unschedulable"}:
+            events.append(Event("Warning", condition.reason, condition.message))
+    if before.phase != after.phase:
+        if after.phase == "Succeeded":
+            events.append(Event("Normal", "RunSucceeded", "every stage succeeded"
+                                + (f"; accuracy {after.accuracy}" if after.accuracy else "")))
+        elif after.phase == "Suspended":
+            events.append(Event("Normal", "Suspended", f"run suspended at stage {after.stage}"))
+        elif before.phase == "Suspended":
+            events.append(Event("Normal", "Resumed", f"run resumed at stage {after.stage}"))
+    return events
+
+
+def _stage_events(name: str, old: StageStatus, new: StageStatus) -> list[Event]:
+    if old.phase == new.phase and old.attempts == new.attempts:
+        return []
+    if new.phase == "Succeeded":
+        accuracy = f", accuracy {new.accuracy * 100:.1f}%" if new.accuracy is not None else ""
+        duration = f" in {new.duration_seconds:.0f} s" if new.duration_seconds is not None else ""
+        return [Event("Normal", "StageSucceeded", f"stage {name} succeeded{duration}{accuracy}")]
+    if new.phase == "Failed":
+        return [Event("Warning", "StageFailed", f"stage {name} failed: {new.message}")]
+    if new.attempts > max(old.attempts, 1):
+        return [Event("Warning", "StageRetrying", f"stage {name}: {new.message}, resuming from its last checkpoint")]
+    if new.phase == "Running" and old.phase != "Running":
+        return [Event("Normal", "StageRunning", f"stage {name} running on Job {new.job}")]
+    if new.phase == "Pending" and old.phase == "Pending" and old.job is None and new.job:
+        return [Event("Normal", "StageCreated", f"stage {name}: Job {new.job} created ({new.gpus or 0} GPUs)")]
+    return []
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(stamp: str | None) -> datetime | None:
+    if not stamp:
+        return None
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    began, ended = _parse(start), _parse(end)
+    return None if began is None or ended is None else (ended - began).total_seconds()

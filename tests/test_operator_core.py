@@ -1,0 +1,119 @@
+"""The operator's pure core: manifests, status decisions, admission and settings, with plain dicts."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import resource
+from reasoning_operator.admission import Rejected, admit
+from reasoning_operator.config import OperatorConfig
+from reasoning_operator.desired import Run, stage_children, volume_claim
+from reasoning_operator.handlers import merge_patch
+from reasoning_operator.progress import Observed, decide
+from reasoning_trainer.planner import plan_run
+from reasoning_trainer.schema import validate_spec
+
+RUN = Run("demo", "team", "0123456789abcdef")
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+
+
+def children(spec_fields: dict, stage: str) -> dict[str, dict]:
+    spec = validate_spec(spec_fields)
+    made = stage_children(RUN, spec, plan_run(spec), stage, "trainer:1", OperatorConfig())
+    return {child["kind"]: child for child in made}
+
+
+def test_multi_gpu_training_on_one_node_runs_under_torchrun_with_one_process_per_gpu():
+    job = children({"preset": "full", "storage": {"size": "1Ti"}}, "sft")["Job"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
+    assert container["command"][3:] == ["-m", "reasoning_trainer.cli", "train", "sft", "--plan", "/etc/rto/plan.json"]
+    assert job["metadata"]["annotations"]["reasoning.dev/zero-stage"] == "2"
+    assert "completionMode" not in job["spec"]
+
+
+def test_a_cpu_stage_asks_for_no_gpu_and_an_existing_claim_is_used_as_is():
+    spec = validate_spec({"preset": "tiny", "storage": {"existingClaim": "shared"}})
+    made = {child["kind"]: child for child in stage_children(RUN, spec, plan_run(spec), "sft", "t:1",
+                                                             OperatorConfig())}
+    pod = made["Job"]["spec"]["template"]["spec"]
+    assert "resources" not in pod["containers"][0]
+    assert "tolerations" not in pod
+    assert pod["volumes"][1]["persistentVolumeClaim"]["claimName"] == "shared"
+    assert pod["volumes"][2]["emptyDir"]["sizeLimit"] == "1Gi"
+    assert volume_claim(RUN, spec) is None
+    assert '"outputDir": "/data/demo-01234567"' in made["ConfigMap"]["data"]["plan.json"]
+
+
+def pending_job(stage: str) -> dict:
+    return {"metadata": {"name": f"demo-{stage}", "uid": "job-uid"}, "spec": {}, "status": {"active": 1}}
+
+
+def unschedulable_pod(since: datetime) -> dict:
+    return {"metadata": {"name": "demo-sft-abc"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "no GPU",
+         "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ")}]}}
+
+
+def progressing(decision) -> dict:
+    return next(c for c in decision.status_patch()["conditions"] if c["type"] == "Progressing")
+
+
+def test_an_unschedulable_pod_is_reported_only_after_the_configured_wait():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    plan = plan_run(spec)
+    fresh = Observed({"sft": pending_job("sft")}, {"sft": [unschedulable_pod(NOW - timedelta(seconds=30))]}, NOW)
+    assert progressing(decide(RUN, 1, spec, plan, {}, fresh, stuck_after=600))["reason"] == "StagePending"
+    old = Observed({"sft": pending_job("sft")}, {"sft": [unschedulable_pod(NOW - timedelta(minutes=20))]}, NOW)
+    stuck = progressing(decide(RUN, 1, spec, plan, {}, old, stuck_after=600))
+    assert (stuck["status"], stuck["reason"]) == ("False", "Unschedulable")
+    assert "20 min" in stuck["message"] and "no GPU" in stuck["message"]
+
+
+def test_a_log_tail_termination_message_becomes_the_failure_reason():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    job = {"metadata": {"name": "demo-sft", "uid": "u"}, "spec": {},
+           "status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    pod = {"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {
+        "terminated": {"exitCode": 1, "reason": "Error", "message": "loading\nRuntimeError: CUDA out of memory\n"}}}]}}
+    decision = decide(RUN, 1, spec, plan_run(spec), {}, Observed({"sft": job}, {"sft": [pod]}, NOW), 600)
+    status = decision.status_patch()
+    assert status["phase"] == "Failed"
+    assert status["stages"]["sft"]["message"].startswith("Error (exit code 1): RuntimeError: CUDA out of memory")
+    assert decision.create is None
+
+
+def test_merge_patch_nulls_keys_that_went_away_and_skips_unchanged_ones():
+    old = {"phase": "Succeeded", "completionTime": "t", "stages": {"sft": {"phase": "Running", "job": "j"}}}
+    new = {"phase": "Running", "stages": {"sft": {"phase": "Running", "job": "j", "attempts": 2}}}
+    assert merge_patch(old, new) == {"completionTime": None, "phase": "Running", "stages": {"sft": {"attempts": 2}}}
+    assert merge_patch(new, new) == {}
+
+
+def test_run_names_too_long_for_their_job_names_are_rejected_by_field():
+    with pytest.raises(Rejected, match=r"metadata.name: at most 52 characters"):
+        admit(resource({"preset": "tiny", "storage": {"size": "1Gi"}}, name="x" * 60))
+
+
+def test_operator_settings_come_from_the_environment_and_bad_values_name_the_variable():
+    config = OperatorConfig.from_env({"RTO_TRAINER_IMAGE": "registry/trainer:2", "RTO_RESYNC_SECONDS": "3"})
+    assert (config.trainer_image, config.resync_seconds) == ("registry/trainer:2", 3.0)
+    with pytest.raises(ValueError, match="RTO_STUCK_AFTER_SECONDS: expected a float"):
+        OperatorConfig.from_env({"RTO_STUCK_AFTER_SECONDS": "soon"})
+
+
+@pytest.mark.parametrize("spec_fields, stage", [
+    ({"preset": "full", "storage": {"size": "1Ti"}, "queueName": "q", "ttlSecondsAfterFinished": 60,
+      "tolerations": [{"key": "a", "operator": "Equal", "value": "b", "effect": "NoSchedule"}]}, "rl"),
+    ({"preset": "2gpu", "storage": {"size": "1Ti", "storageClassName": "fast"}, "gpu": {"memory": "80Gi"},
+      "stages": {"sft": {"nodes": 2, "gpus": 16}}, "hfTokenSecret": {"name": "hf"}}, "sft"),
+    ({"preset": "tiny", "storage": {"size": "2Gi"}}, "select"),
+])
+def test_every_child_is_a_valid_kubernetes_object(spec_fields, stage):
+    import kubernetes_validate
+
+    spec = validate_spec(spec_fields)
+    made = stage_children(RUN, spec, plan_run(spec), stage, "trainer:1", OperatorConfig())
+    claim = volume_claim(RUN, spec)
+    for manifest in made + ([claim] if claim else []):
+        kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
