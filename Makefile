@@ -38,6 +38,7 @@ e2e: venv
 
 bench: venv
 	$(PY) bench/planner_memory.py
+	$(PY) bench/sft_throughput.py
 
 crd: venv
 	$(PY) -m reasoning_operator.crd

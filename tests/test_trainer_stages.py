@@ -107,3 +107,15 @@ def test_a_stage_that_already_succeeded_reports_its_results_without_training_aga
     message = json.loads(log.read_text())
     assert (message["phase"], message["accuracy"], message["durationSeconds"]) == ("Succeeded", 0.75, 42.0)
     assert message["metrics"] == {"a/pass@1": 0.75}
+
+
+def test_packed_sft_on_a_gpu_uses_flex_attention_unless_the_spec_names_a_kernel(plan_file):
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    job = load_job(plan_file())
+    assert models.attention_kernel(job, "sft", "generator", True, cuda) == "flex_attention"
+    assert models.attention_kernel(job, "sft", "generator", True, cpu) == "sdpa"
+    assert models.attention_kernel(job, "eval", "generator", False, cuda) == "sdpa"
+    unpacked = load_job(plan_file({"stages": {"sft": {"packing": False}}}))
+    assert models.attention_kernel(unpacked, "sft", "generator", True, cuda) == "sdpa"
+    pinned = load_job(plan_file({"models": {"generator": {"attnImplementation": "eager"}}}))
+    assert models.attention_kernel(pinned, "sft", "generator", True, cuda) == "eager"

@@ -84,7 +84,8 @@ def _load(job, stage, role, auto_class, trainable, extra):
     where = source(job, role)
     if where.startswith(EMBEDDED_PREFIX):
         where = str(_embedded_base(job, where))
-    model = _pretrained(job, role, where, auto_class, dtype, eight_bit, device, extra)
+    attention = attention_kernel(job, stage, role, trainable, device)
+    model = _pretrained(job, role, where, auto_class, dtype, eight_bit, device, attention, extra)
     if not eight_bit:
         model.to(device)
     if trainable and spec.lora is not None and not _has_adapters(model):
@@ -105,9 +106,19 @@ def _embedded_base(job: StageJob, name: str) -> Path:
     return target
 
 
-def _pretrained(job, role, where, auto_class, dtype, eight_bit, device, extra):
-    options = dict(dtype=dtype, revision=_revision(job, role), token=_hub_token(),
-                   attn_implementation=model_spec(job, role).attn_implementation)
+def attention_kernel(job: StageJob, stage: str, role: str, trainable: bool, device: torch.device) -> str:
+    """The spec's kernel, or for auto: flex_attention where SFT trains the generator on packed batches
+    on a GPU. SDPA needs a dense block-diagonal mask for packed rows, which made packing no faster
+    than padding; flex attention skips the masked blocks (1.6-1.8x, bench/RESULTS.md)."""
+    chosen = model_spec(job, role).attn_implementation
+    if chosen != "auto":
+        return chosen
+    packed_sft = stage == "sft" and role == "generator" and trainable and job.spec.stages.sft.packing
+    return "flex_attention" if packed_sft and device.type == "cuda" else "sdpa"
+
+
+def _pretrained(job, role, where, auto_class, dtype, eight_bit, device, attention, extra):
+    options = dict(dtype=dtype, revision=_revision(job, role), token=_hub_token(), attn_implementation=attention)
     if extra:  # head settings (labels, dropout) that only the config takes
         options["config"] = AutoConfig.from_pretrained(where, revision=options["revision"], token=options["token"],
                                                        **extra)

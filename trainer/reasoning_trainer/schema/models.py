@@ -51,8 +51,9 @@ class LanguageModelSpec(SpecModel):
         None,
         description="Train LoRA adapters instead of all weights when this model is trained.",
     )
-    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
-        "sdpa", description="Attention kernel."
+    attn_implementation: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = Field(
+        "auto", description="Attention kernel. auto: flex_attention for packed SFT on a GPU (padding-free "
+                            "batches without a dense mask), sdpa otherwise."
     )
 
     @property
