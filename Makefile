@@ -36,9 +36,9 @@ test: venv
 e2e: venv
 	$(PY) -m pytest -m e2e tests/e2e -v -rs
 
+# Every benchmark; their tables replace the "Latest make bench run" section of bench/RESULTS.md.
 bench: venv
-	$(PY) bench/planner_memory.py
-	$(PY) bench/sft_throughput.py
+	$(PY) bench/report.py
 
 crd: venv
 	$(PY) -m reasoning_operator.crd

@@ -240,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | step | batch x seq | ckpt | predicted live GiB | measured peak allocated | "
           "predicted device GiB | measured device GiB | error |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for case in cases(args.quick):
+    if device == "cpu" and not args.quick:
+        print("no GPU here: measuring the tiny model on the CPU (the --quick cases)")
+    for case in cases(device == "cpu"):
         if args.only and case.kind != args.only:
             continue
         arch = EMBEDDED["tiny-qwen2"] if case.size == "tiny" else KNOWN[("qwen2.5", case.size)]

@@ -24,7 +24,8 @@ def exposition():
     metrics.loss("generator", step=1, loss=1.25, learning_rate=1e-4)
     metrics.accuracy("gsm8k", "pass@1", 0.4)
     metrics.reward("generator", 2.5, step=1)
-    metrics.parallelism(3.0)
+    metrics.search(parallelism=3.0, nodes=12.0, tokens=300.0)
+    metrics.ppo("policy", policy_loss=0.1, value_loss=2.0, entropy=1.2)
     metrics.progress(0.5)
     metrics.mfu("generator", 0.31)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:

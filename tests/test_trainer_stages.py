@@ -119,3 +119,14 @@ def test_packed_sft_on_a_gpu_uses_flex_attention_unless_the_spec_names_a_kernel(
     assert models.attention_kernel(unpacked, "sft", "generator", True, cuda) == "sdpa"
     pinned = load_job(plan_file({"models": {"generator": {"attnImplementation": "eager"}}}))
     assert models.attention_kernel(pinned, "sft", "generator", True, cuda) == "eager"
+
+
+def test_the_generators_instruction_follows_the_question_in_every_prompt(plan_file):
+    from reasoning_trainer.generation import prompt_ids
+
+    job = load_job(plan_file())
+    tokenizer = models.load_tokenizer(job, "generator")
+    plain = tokenizer.decode(prompt_ids(tokenizer, "What is 2 + 3?"))
+    asked = tokenizer.decode(prompt_ids(tokenizer, "What is 2 + 3?", "End with #### 5."))
+    assert "End with #### 5." not in plain
+    assert asked.index("What is 2 + 3?") < asked.index("End with #### 5.")

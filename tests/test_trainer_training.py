@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from conftest import pod_env
@@ -167,12 +166,3 @@ def test_grpo_updates_the_generator_from_group_rewards_and_keeps_resumable_state
     assert any(not torch.equal(trained[name], base[name]) for name in base)
     state = torch.load(job.paths.checkpoints("rl", "generator") / "latest" / "state.pt", weights_only=True)
     assert state["iteration"] == 3
-
-
-def test_an_unavailable_rl_algorithm_fails_with_the_field_to_change(plan_file, tmp_path, monkeypatch):
-    log = tmp_path / "termination-log"
-    monkeypatch.setenv("RTO_TERMINATION_LOG", str(log))
-    path = plan_file({"stages": {**GRPO["stages"], "rl": {"enabled": True, "algorithm": "pgts"}}})
-    assert train.main("rl", str(path), metrics_port=0) == 1
-    message = json.loads(log.read_text())
-    assert message["phase"] == "Failed" and "spec.stages.rl.algorithm" in message["reason"]

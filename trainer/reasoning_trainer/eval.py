@@ -1,8 +1,9 @@
-"""Evaluation on GSM8K-format benchmarks: pass@1 (greedy), majority@k and RM@k.
+"""Evaluation on GSM8K-format benchmarks: pass@1 (greedy), majority@k, RM@k and PGTS.
 
 Recipe per benchmark: greedy solutions -> pass@1; k sampled solutions per problem ->
 majority@k (most common final answer) and RM@k (the solution whose weakest step the PRM
-scores highest); pass@k (any of the k right) is reported as the ceiling RM@k could reach.
+scores highest); pass@k (any of the k right) is reported as the ceiling RM@k could reach;
+pgts: tree search steered by the policy the rl stage trained (its most likely actions).
 """
 
 from __future__ import annotations
@@ -11,30 +12,35 @@ import time
 from collections import Counter
 
 from . import models, prm
-from .checkpoints import StopRequest
+from .checkpoints import StopRequest, is_complete
 from .data.problems import Problem, answers_match, split_solution
 from .data.sources import load_problems
 from .generation import solve
 from .job import StageJob
+from .rl.policy import TreePolicy
+from .rl.search import SearchModels, timed_search
 from .metrics import StageMetrics
 from .stage_result import StageResult
 
 RM_AGGREGATE = "min"
+PGTS_SEED = 2_000_003
 
 
 def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
     evaluation = job.spec.stages.eval
     tokenizer = models.load_tokenizer(job, "generator")
     generator = models.load_generator(job, "eval")
-    uses_prm = "rm@k" in evaluation.methods
+    uses_prm = "rm@k" in evaluation.methods or "pgts" in evaluation.methods
     reward_model = models.load_reward_model(job, "eval") if uses_prm else None
     prm_tokenizer = models.load_tokenizer(job, "rewardModel") if uses_prm else None
+    searcher = _searcher(job, generator, tokenizer, reward_model, prm_tokenizer) \
+        if "pgts" in evaluation.methods else None
     result = StageResult(checkpoint=models.source(job, "generator"))
     benchmarks = job.spec.data.eval
     for number, benchmark in enumerate(benchmarks):
         problems = load_problems(benchmark, f"spec.data.eval[{number}]")
         started = time.monotonic()
-        scores = score_benchmark(job, generator, tokenizer, reward_model, prm_tokenizer, problems)
+        scores = score_benchmark(job, generator, tokenizer, reward_model, prm_tokenizer, problems, searcher)
         for method, value in scores.items():
             metrics.accuracy(benchmark.name, method, value)
             result.metrics[f"{benchmark.name}/{method}"] = value
@@ -47,7 +53,7 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
 
 
 def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_tokenizer,
-                    problems: list[Problem]) -> dict[str, float]:
+                    problems: list[Problem], searcher=None) -> dict[str, float]:
     evaluation, generation = job.spec.stages.eval, job.spec.models.generator.generation
     separator = job.spec.step_separator
     questions = [problem.question for problem in problems]
@@ -55,7 +61,8 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
     def sample(count: int, temperature: float) -> list[list[str]]:
         return solve(generator, tokenizer, questions, samples=count, max_new_tokens=evaluation.max_new_tokens,
                      max_prompt_tokens=generation.max_prompt_tokens, temperature=temperature,
-                     top_p=generation.top_p, batch_size=evaluation.batch_size)
+                     top_p=generation.top_p, batch_size=evaluation.batch_size,
+                     instruction=generation.instruction)
 
     scores = {}
     if "pass@1" in evaluation.methods:
@@ -70,7 +77,23 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
         if "rm@k" in evaluation.methods:
             picks = best_by_prm(job, reward_model, prm_tokenizer, questions, samples)
             scores["rm@k"] = _share(answers_match(a, p.answer) for a, p in zip(picks, problems))
+    if searcher is not None:
+        seeds = [PGTS_SEED + number for number in range(len(problems))]
+        episodes, _ = timed_search(searcher, job.spec.stages.rl.pgts, problems, seeds, greedy_actions=True)
+        scores["pgts"] = _share(episode.correct for episode in episodes)
     return scores
+
+
+def _searcher(job: StageJob, generator, tokenizer, reward_model, prm_tokenizer) -> SearchModels:
+    """The search the rl stage trained, on this stage's models; its limits come from stages.rl.pgts."""
+    folder = job.paths.model("policy")
+    if not is_complete(folder):
+        raise ValueError(f"spec.stages.eval.methods: pgts needs the policy the rl stage trains, and {folder} "
+                         f"has none; enable stages.rl with algorithm: pgts, or remove pgts from methods")
+    generation = job.spec.models.generator.generation
+    policy = TreePolicy.load(folder, models.device_for(job, "eval", "policy"))
+    return SearchModels(generator, tokenizer, reward_model, prm_tokenizer, policy, job.spec.step_separator,
+                        generation.max_new_tokens, generation.max_prompt_tokens, generation.instruction)
 
 
 def majority(solutions: list[tuple[list[str], str | None]]) -> str | None:

@@ -8,11 +8,11 @@ import torch
 
 @torch.no_grad()
 def solve(model, tokenizer, questions: list[str], samples: int, max_new_tokens: int, max_prompt_tokens: int,
-          temperature: float, top_p: float, batch_size: int) -> list[list[str]]:
+          temperature: float, top_p: float, batch_size: int, instruction: str = "") -> list[list[str]]:
     """``samples`` completions per question (greedy when samples is 1 and temperature 0)."""
     device = next(model.parameters()).device
     greedy = samples == 1 and temperature == 0
-    prompts = [prompt_ids(tokenizer, question)[-max_prompt_tokens:] for question in questions]
+    prompts = [prompt_ids(tokenizer, question, instruction)[-max_prompt_tokens:] for question in questions]
     per_batch = max(1, batch_size // samples) if samples > 1 else batch_size
     outputs: list[list[str]] = []
     for start in range(0, len(prompts), per_batch):
@@ -42,9 +42,11 @@ def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    """The question as a user turn of the chat template (plain Question/Answer without one)."""
+def prompt_ids(tokenizer, question: str, instruction: str = "") -> list[int]:
+    """The question (and the generator's instruction, when it has one) as a user turn of the chat
+    template (plain Question/Answer without one)."""
+    content = f"{question}\n\n{instruction}" if instruction else question
     if tokenizer.chat_template:
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=True,
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
                                                   add_generation_prompt=True, return_dict=False))
-    return tokenizer(f"Question: {question}\nAnswer:\n", add_special_tokens=False)["input_ids"]
+    return tokenizer(f"Question: {content}\nAnswer:\n", add_special_tokens=False)["input_ids"]

@@ -35,6 +35,11 @@ METRICS = {
     "rto_accuracy_ratio": ("gauge", "Accuracy (0..1) by benchmark and metric (pass@1, rm@k, train, ...).",
                            ("benchmark", "metric")),
     "rto_average_parallelism": ("gauge", "Mean branches explored per problem in tree search.", ()),
+    "rto_search_nodes_per_problem": ("gauge", "Reasoning steps the tree search generated per problem.", ()),
+    "rto_search_tokens_per_problem": ("gauge", "Tokens the tree search generated per problem.", ()),
+    "rto_policy_loss": ("gauge", "PPO clipped-surrogate loss of the last update.", ("role",)),
+    "rto_value_loss": ("gauge", "PPO value loss of the last update.", ("role",)),
+    "rto_policy_entropy": ("gauge", "Mean entropy of the policy's action distribution in the last update.", ("role",)),
     "rto_stage_progress_ratio": ("gauge", "Fraction of the stage's work done (0..1).", ()),
     "rto_mfu_ratio": ("gauge", "Model FLOPs utilisation of training on GPU (0..1).", ("role",)),
 }
@@ -96,8 +101,16 @@ class StageMetrics:
         self._series("rto_reward", role=role).set(value)
         self.history.append({"step": step, "role": role, "reward": value})
 
-    def parallelism(self, value: float) -> None:
-        self._series("rto_average_parallelism").set(value)
+    def search(self, parallelism: float, nodes: float, tokens: float) -> None:
+        """Per-problem averages of the last tree search."""
+        self._series("rto_average_parallelism").set(parallelism)
+        self._series("rto_search_nodes_per_problem").set(nodes)
+        self._series("rto_search_tokens_per_problem").set(tokens)
+
+    def ppo(self, role: str, policy_loss: float, value_loss: float, entropy: float) -> None:
+        self._series("rto_policy_loss", role=role).set(policy_loss)
+        self._series("rto_value_loss", role=role).set(value_loss)
+        self._series("rto_policy_entropy", role=role).set(entropy)
 
     def progress(self, done: float) -> None:
         self._series("rto_stage_progress_ratio").set(min(max(done, 0.0), 1.0))

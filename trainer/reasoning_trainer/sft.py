@@ -54,7 +54,8 @@ def train_generator(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> 
     held_out = _held_out(job)
     before = accuracy(job, model, tokenizer, held_out)
 
-    dataset = [_example(tokenizer, trace, separator, sft.max_seq_length) for trace in traces]
+    instruction = job.spec.models.generator.generation.instruction
+    dataset = [_example(tokenizer, trace, separator, sft.max_seq_length, instruction) for trace in traces]
     arguments = training.training_arguments(sft, job.stage_plan("sft"), job.paths.checkpoints("sft", "generator"),
                                             job.spec.models.generator.dtype, training.on_gpu())
     trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=_collator(tokenizer, sft.packing))
@@ -87,8 +88,8 @@ def _use_selected(job: StageJob) -> bool:
     return "select" in job.spec.enabled_stages()
 
 
-def _example(tokenizer, trace: Trace, separator: str, max_tokens: int) -> dict:
-    prompt = prompt_ids(tokenizer, trace.problem.question)
+def _example(tokenizer, trace: Trace, separator: str, max_tokens: int, instruction: str) -> dict:
+    prompt = prompt_ids(tokenizer, trace.problem.question, instruction)
     completion = tokenizer(solution_text(trace.steps, trace.answer, separator), add_special_tokens=False)["input_ids"]
     completion = completion + [tokenizer.eos_token_id]
     ids = (prompt + completion)[:max_tokens]
@@ -119,7 +120,7 @@ def accuracy(job: StageJob, model, tokenizer, problems) -> float:
     generation = job.spec.models.generator.generation
     texts = solve(model, tokenizer, [p.question for p in problems], samples=1,
                   max_new_tokens=_max_new_tokens(job), max_prompt_tokens=generation.max_prompt_tokens,
-                  temperature=0.0, top_p=1.0, batch_size=32)
+                  temperature=0.0, top_p=1.0, batch_size=32, instruction=generation.instruction)
     separator = job.spec.step_separator
     return sum(answers_match(split_solution(t[0], separator)[1], p.answer) for t, p in zip(texts, problems)) / len(problems)
 

@@ -1,4 +1,4 @@
-"""The rl stage: policy optimisation with the algorithm the spec names (rl/grpo.py)."""
+"""The rl stage: policy optimisation with the algorithm the spec names (rl/grpo.py, rl/pgts.py)."""
 
 from __future__ import annotations
 
@@ -14,5 +14,6 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         from . import grpo
 
         return grpo.run(job, metrics, stop)
-    raise ValueError(f"spec.stages.rl.algorithm: {algorithm} is not in this trainer release yet; "
-                     f"set algorithm: grpo")
+    from . import pgts
+
+    return pgts.run(job, metrics, stop)

@@ -93,7 +93,8 @@ def _rollouts(job, policy, tokenizer, problems, reward_model, prm_tokenizer) -> 
     group = rl.grpo.num_generations
     policy.eval()
     device = next(policy.parameters()).device
-    prompts = [prompt_ids(tokenizer, p.question)[-generation.max_prompt_tokens:] for p in problems]
+    prompts = [prompt_ids(tokenizer, p.question, generation.instruction)[-generation.max_prompt_tokens:]
+               for p in problems]
     ids, mask = left_padded(prompts, tokenizer.pad_token_id)
     width = ids.shape[1]
     generated = policy.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,

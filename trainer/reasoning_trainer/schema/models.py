@@ -68,6 +68,9 @@ class GenerationSpec(SpecModel):
     max_prompt_tokens: int = Field(256, ge=1, le=131072, description="Longest prompt (problem) kept.")
     temperature: float = Field(0.7, gt=0.0, le=5.0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    instruction: str = Field(
+        "", description="Added after every question in the generator's prompts (SFT, RL, eval), e.g. the "
+                        "answer format; the presets ask for steps separated by blank lines and a final '#### N'.")
 
 
 class GeneratorSpec(LanguageModelSpec):

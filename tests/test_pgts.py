@@ -1,0 +1,157 @@
+"""PGTS: the PPO formulas, the tree's actions and masks, batched search, and the rl stage."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from reasoning_trainer import train
+from reasoning_trainer.data.sources import load_problems
+from reasoning_trainer.job import load_job
+from reasoning_trainer.rl import pgts
+from reasoning_trainer.rl.policy import TreePolicy
+from reasoning_trainer.rl.ppo import gae, ppo_loss
+from reasoning_trainer.rl.search import search
+from reasoning_trainer.rl.tree import BACKTRACK, BRANCH, EXPAND, Tree
+
+FEATURE = torch.zeros(8)
+PGTS = {"stages": {"select": {"enabled": False}, "sft": {"enabled": False},
+                   "rl": {"enabled": True, "algorithm": "pgts", "iterations": 2, "problemsPerIteration": 4,
+                          "batchSize": 2, "checkpointEvery": 1, "learningRate": 1e-3,
+                          "pgts": {"maxDepth": 4, "maxNodes": 8, "searchBatch": 4}},
+                   "eval": {"methods": ["pass@1", "pgts"]}},
+        "models": {"policy": {"hiddenSize": 32, "layers": 2, "heads": 4, "dropout": 0.1}}}
+
+
+def test_gae_matches_the_hand_computed_recursion():
+    advantages, returns = gae([1.0, 0.0, 2.0], [0.5, 0.2, 0.1], gamma=0.9, lam=0.8)
+    # delta2 = 2 - 0.1 = 1.9; delta1 = 0.9*0.1 - 0.2 = -0.11; delta0 = 1 + 0.9*0.2 - 0.5 = 0.68
+    # A1 = -0.11 + 0.72*1.9 = 1.258; A0 = 0.68 + 0.72*1.258 = 1.58576
+    assert advantages == pytest.approx([1.58576, 1.258, 1.9])
+    assert returns == pytest.approx([2.08576, 1.458, 2.0])
+
+
+def test_ppo_loss_clips_the_ratio_and_weighs_value_and_entropy():
+    loss = ppo_loss(torch.log(torch.tensor([0.5, 0.2])), torch.log(torch.tensor([0.25, 0.4])),
+                    torch.tensor([1.0, -1.0]), torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]),
+                    torch.tensor([0.5, 1.5]), clip=0.2, value_coef=0.5, entropy_coef=0.01)
+    # ratios 2.0 and 0.5: surrogates min(2, 1.2) = 1.2 and min(-0.5, -0.8) = -0.8 -> policy -0.2;
+    # value (1 + 4) / 2 = 2.5; entropy 1.0; total -0.2 + 1.25 - 0.01
+    assert loss.policy == pytest.approx(-0.2)
+    assert loss.value == pytest.approx(2.5)
+    assert loss.entropy == pytest.approx(1.0)
+    assert loss.total.item() == pytest.approx(1.04)
+
+
+def tree(max_depth=3, max_nodes=6) -> Tree:
+    return Tree.start("q", FEATURE, max_depth, max_nodes)
+
+
+def test_the_root_allows_only_expand_and_terminate():
+    assert tree().mask() == [True, False, False, True]
+    assert not tree().mask()[BACKTRACK]
+
+
+def test_max_depth_a_full_tree_and_an_answer_mask_what_cannot_happen():
+    deep = tree(max_depth=2)
+    deep.add_step(0, "a", 0.5, FEATURE)
+    deep.add_step(1, "b", 0.5, FEATURE)
+    assert deep.mask() == [False, True, True, True]
+    full = tree(max_nodes=2)
+    full.add_step(0, "a", 0.5, FEATURE)
+    assert full.mask() == [False, False, True, True]
+    answered = tree()
+    answered.add_step(0, "#### 4", 0.9, FEATURE)
+    assert answered.mask()[EXPAND] is False
+
+
+def test_branch_adds_a_sibling_of_the_current_step_and_backtrack_returns_to_the_parent():
+    t = tree()
+    first = t.add_step(t.parent_for(EXPAND), "a", 0.5, FEATURE)
+    child = t.add_step(t.parent_for(EXPAND), "b", 0.5, FEATURE)
+    sibling = t.add_step(t.parent_for(BRANCH), "c", 0.5, FEATURE)
+    assert t.nodes[sibling].parent == t.nodes[child].parent == first
+    assert t.current == sibling and t.steps() == ["a", "c"]
+    t.backtrack()
+    assert t.current == first
+    assert sorted(t.leaves()) == [child, sibling]
+
+
+def test_the_answer_is_the_best_finished_path_by_mean_prm_score():
+    t = tree(max_depth=5, max_nodes=10)
+    a = t.add_step(0, "x = 3", 0.9, FEATURE)
+    t.add_step(a, "#### 7", 0.9, FEATURE)  # mean 0.9
+    b = t.add_step(0, "y = 4", 0.6, FEATURE)
+    c = t.add_step(b, "z = 5", 0.6, FEATURE)
+    t.add_step(c, "#### 8", 0.6, FEATURE)  # larger sum (1.8) but lower mean (0.6)
+    assert t.final_answer() == "7"
+    unfinished = tree()
+    unfinished.add_step(0, "3 + 4 = 7", 0.5, FEATURE)
+    assert unfinished.final_answer() == "7"  # no answer line: the number the terminal node ends on
+
+
+@pytest.fixture
+def searcher(plan_file):
+    job = load_job(plan_file(PGTS))
+    models = pgts.search_models(job, "rl", policy=None)
+    torch.manual_seed(3)
+    models.policy = TreePolicy(models.generator.config.hidden_size, job.spec.models.policy)
+    return job, models
+
+
+def test_batched_search_grows_the_same_trees_as_one_problem_at_a_time(searcher):
+    job, models = searcher
+    problems = load_problems(job.spec.data.train, "spec.data.train")[:4]
+    seeds = [11, 12, 13, 14]
+    together = search(models, job.spec.stages.rl.pgts, problems, seeds)
+    alone = [search(models, job.spec.stages.rl.pgts, [problem], [seed])[0] for problem, seed in zip(problems, seeds)]
+    for batched, single in zip(together, alone):
+        assert [(n.parent, n.text) for n in batched.tree.nodes] == [(n.parent, n.text) for n in single.tree.nodes]
+        assert [d.action for d in batched.decisions] == [d.action for d in single.decisions]
+        assert [d.reward for d in batched.decisions] == pytest.approx([d.reward for d in single.decisions], abs=1e-4)
+    assert any(len(e.tree.nodes) > 1 for e in together), "the searches should have generated steps"
+
+
+def test_every_episode_ends_with_the_outcome_reward_and_respects_the_limits(searcher):
+    job, models = searcher
+    limits = job.spec.stages.rl.pgts
+    problems = load_problems(job.spec.data.train, "spec.data.train")[:4]
+    for episode in search(models, limits, problems, [1, 2, 3, 4]):
+        assert len(episode.tree.nodes) <= limits.max_nodes
+        assert max(node.depth for node in episode.tree.nodes) <= limits.max_depth
+        rewards = limits.rewards
+        outcome = rewards.correct if episode.correct else rewards.wrong
+        # The last action pays its step penalty, possibly a PRM score (0..1) or the invalid-action
+        # penalty, and the outcome.
+        extra = episode.decisions[-1].reward - outcome - rewards.step_penalty
+        assert rewards.invalid_action - 1e-6 <= extra <= rewards.prm_weight * rewards.prm_scale + 1e-6
+        for decision in episode.decisions:
+            assert decision.state.mask[decision.action], "a masked action was taken"
+        assert all(math.isfinite(d.logprob) for d in episode.decisions)
+
+
+def test_the_rl_stage_trains_the_policy_resumes_and_eval_scores_pgts(plan_file):
+    path = plan_file({**PGTS, "stages": {**PGTS["stages"], "rl": {**PGTS["stages"]["rl"], "iterations": 1}}})
+    assert train.main("rl", str(path), metrics_port=0) == 0
+    job = load_job(path)
+    first = torch.load(job.paths.checkpoints("rl", "policy") / "latest" / "state.pt", weights_only=False)
+    assert first["iteration"] == 1
+    # A second run with more iterations resumes from the saved state instead of starting over.
+    (job.paths.results("rl")).unlink()
+    path = plan_file(PGTS)
+    assert train.main("rl", str(path), metrics_port=0) == 0
+    results = json.loads(job.paths.results("rl").read_text())
+    assert results["details"]["resumed_from_iteration"] == 1
+    iterations = results["details"]["iterations"]
+    assert [step["iteration"] for step in iterations] == [1, 2]
+    assert all(math.isfinite(step["loss"]) and step["entropy"] > 0 for step in iterations)
+    assert {"held_out_accuracy_before", "held_out_accuracy_after", "nodes_per_problem",
+            "parallelism"} <= set(results["metrics"])
+    saved = TreePolicy.load(job.paths.model("policy"), torch.device("cpu"))
+    torch.manual_seed(0)  # the stage's initialisation
+    fresh = TreePolicy(saved.feature_size, job.spec.models.policy)
+    assert any(not torch.equal(a, b) for a, b in zip(saved.state_dict().values(), fresh.state_dict().values()))
+    assert train.main("eval", str(path), metrics_port=0) == 0
+    scores = json.loads(job.paths.results("eval").read_text())["metrics"]
+    assert {"arithmetic/pass@1", "arithmetic/pgts"} <= set(scores)

@@ -1,0 +1,181 @@
+"""PGTS: policy-guided tree search. The generator and the PRM stay frozen; a small graph
+transformer learns, with PPO, when to expand a reasoning step, branch to an alternative,
+backtrack or stop.
+
+Per iteration: problemsPerIteration problems -> batched tree search (search.py), each action
+rewarded with the step penalty, the PRM score of a step it generated (or the invalid-action
+penalty when nothing came out) and, on the last action, +correct / wrong for the final answer
+-> GAE (gamma, lambda) -> ppo.epochs epochs of clipped PPO over minibatches of batchSize
+trajectories. Held-out accuracy of the search is measured before and after training.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from .. import models
+from ..checkpoints import StopRequest, atomic_dir, is_complete
+from ..data.sources import load_problems
+from ..job import StageJob
+from ..metrics import StageMetrics
+from ..stage_result import StageResult
+from ..training import StageInterrupted
+from .policy import TreePolicy, encode
+from .ppo import gae, ppo_loss
+from .search import Episode, SearchModels, timed_search
+
+HELD_OUT_PROBLEMS = 32
+HELD_OUT_SEED = 1_000_003
+
+
+def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
+    rl = job.spec.stages.rl
+    searcher = search_models(job, "rl", policy=None)
+    torch.manual_seed(0)
+    policy = TreePolicy(searcher.generator.config.hidden_size, job.spec.models.policy)
+    searcher.policy = policy.to(models.device_for(job, "rl", "policy"))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=rl.learning_rate, weight_decay=rl.weight_decay)
+    problems = load_problems(job.spec.data.train, "spec.data.train")
+    held_out = _held_out(job)
+    state_dir = job.paths.checkpoints("rl", "policy") / "latest"
+    start, history, before = _resume(state_dir, policy, optimizer)
+    if start == 0:
+        before = held_out_accuracy(searcher, job, held_out)
+    for iteration in range(start, rl.iterations):
+        rng = random.Random(iteration)  # a resumed run draws the problems it would have drawn
+        batch = [problems[rng.randrange(len(problems))] for _ in range(rl.problems_per_iteration)]
+        seeds = [iteration * 1_000_033 + number for number in range(len(batch))]
+        episodes, found = timed_search(searcher, rl.pgts, batch, seeds)
+        losses = update(policy, optimizer, episodes, job)
+        record = {
+            "iteration": iteration + 1, "accuracy": sum(e.correct for e in episodes) / len(episodes),
+            "tokens": sum(e.tokens for e in episodes),
+            "reward": sum(sum(d.reward for d in e.decisions) for e in episodes) / len(episodes),
+            "nodes_per_problem": found.nodes_per_problem, "tokens_per_problem": found.tokens_per_problem,
+            "parallelism": found.parallelism, "search_seconds": found.seconds, **losses,
+        }
+        history.append(record)
+        _export(metrics, record, found, rl.learning_rate, rl.iterations)
+        last = iteration + 1 == rl.iterations
+        if (iteration + 1) % rl.checkpoint_every == 0 or stop.requested or last:
+            _save_state(state_dir, policy, optimizer, iteration + 1, history, before)
+        if stop.requested and not last:
+            raise StageInterrupted(f"policy training stopped at iteration {iteration + 1} after SIGTERM")
+    after = held_out_accuracy(searcher, job, held_out)
+    with atomic_dir(job.paths.model("policy")) as staging:
+        policy.save(staging)
+    return _result(job, history, before, after, start)
+
+
+def search_models(job: StageJob, stage: str, policy: TreePolicy | None) -> SearchModels:
+    """The frozen generator and PRM of ``stage`` and, when given, the policy that steers them."""
+    generation = job.spec.models.generator.generation
+    return SearchModels(
+        generator=models.load_generator(job, stage), tokenizer=models.load_tokenizer(job, "generator"),
+        reward_model=models.load_reward_model(job, stage), prm_tokenizer=models.load_tokenizer(job, "rewardModel"),
+        policy=policy, separator=job.spec.step_separator, max_step_tokens=generation.max_new_tokens,
+        max_prompt_tokens=generation.max_prompt_tokens, instruction=generation.instruction)
+
+
+def held_out_accuracy(searcher: SearchModels, job: StageJob, problems) -> float | None:
+    """Search accuracy with the policy's most likely actions, on problems never trained on."""
+    if not problems:
+        return None
+    seeds = [HELD_OUT_SEED + number for number in range(len(problems))]
+    episodes, _ = timed_search(searcher, job.spec.stages.rl.pgts, problems, seeds, greedy_actions=True)
+    return sum(e.correct for e in episodes) / len(episodes)
+
+
+def update(policy: TreePolicy, optimizer, episodes: list[Episode], job: StageJob) -> dict[str, float]:
+    """PPO epochs over the episodes' decisions, minibatches of batchSize trajectories."""
+    rl = job.spec.stages.rl
+    ppo = rl.ppo
+    trajectories = []
+    for episode in episodes:
+        advantages, returns = gae([d.reward for d in episode.decisions], [d.value for d in episode.decisions],
+                                  ppo.gamma, ppo.gae_lambda)
+        trajectories.append([(episode.tree, d, a, r) for d, a, r in zip(episode.decisions, advantages, returns)])
+    flat = torch.tensor([a for trajectory in trajectories for _, _, a, _ in trajectory])
+    mean, std = flat.mean(), flat.std() if len(flat) > 1 else torch.tensor(1.0)
+    device = next(policy.parameters()).device
+    order = torch.Generator().manual_seed(len(flat))
+    policy.train()
+    totals = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "loss": 0.0}
+    updates = 0
+    for _ in range(ppo.epochs):
+        shuffled = torch.randperm(len(trajectories), generator=order).tolist()
+        for start in range(0, len(shuffled), rl.batch_size):
+            items = [item for index in shuffled[start:start + rl.batch_size] for item in trajectories[index]]
+            logits, values = policy(encode([(tree, decision.state) for tree, decision, _, _ in items], device))
+            logps = torch.log_softmax(logits, -1)
+            # Masked actions have log-probability -inf; zero them before multiplying, or their
+            # 0 * inf would turn the gradient into NaN.
+            finite = logps.masked_fill(~torch.isfinite(logps), 0.0)
+            entropy = -(logps.exp() * finite).sum(-1)
+            actions = torch.tensor([decision.action for _, decision, _, _ in items], device=device)
+            loss = ppo_loss(
+                logps.gather(-1, actions.unsqueeze(-1)).squeeze(-1),
+                torch.tensor([decision.logprob for _, decision, _, _ in items], device=device),
+                ((torch.tensor([a for _, _, a, _ in items]) - mean) / (std + 1e-8)).to(device),
+                values, torch.tensor([r for _, _, _, r in items], device=device), entropy,
+                ppo.clip, ppo.value_coef, ppo.entropy_coef)
+            optimizer.zero_grad()
+            loss.total.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), ppo.max_grad_norm)
+            optimizer.step()
+            totals["policy_loss"] += loss.policy
+            totals["value_loss"] += loss.value
+            totals["entropy"] += loss.entropy
+            totals["loss"] += loss.total.item()
+            updates += 1
+    policy.eval()
+    return {key: value / max(updates, 1) for key, value in totals.items()}
+
+
+def _export(metrics: StageMetrics, record: dict, found, learning_rate: float, iterations: int) -> None:
+    step = record["iteration"]
+    metrics.step("policy", found.seconds, record["tokens"], step)
+    metrics.loss("policy", step, record["loss"], learning_rate)
+    metrics.reward("policy", record["reward"], step)
+    metrics.accuracy("rollouts", "train", record["accuracy"], step=step)
+    metrics.search(record["parallelism"], record["nodes_per_problem"], record["tokens_per_problem"])
+    metrics.ppo("policy", record["policy_loss"], record["value_loss"], record["entropy"])
+    metrics.progress(step / iterations)
+
+
+def _held_out(job: StageJob):
+    if not job.spec.data.eval:
+        return []
+    return load_problems(job.spec.data.eval[0], "spec.data.eval[0]")[:HELD_OUT_PROBLEMS]
+
+
+def _result(job: StageJob, history: list[dict], before, after, start: int) -> StageResult:
+    result = StageResult(accuracy=after, checkpoint=str(job.paths.model("policy")))
+    if before is not None:
+        result.metrics["held_out_accuracy_before"] = before
+    if after is not None:
+        result.metrics["held_out_accuracy_after"] = after
+    if history:
+        last = history[-1]
+        result.metrics.update({"first_reward": history[0]["reward"], "final_reward": last["reward"],
+                               "final_rollout_accuracy": last["accuracy"], "nodes_per_problem": last["nodes_per_problem"],
+                               "tokens_per_problem": last["tokens_per_problem"], "parallelism": last["parallelism"]})
+    result.details = {"algorithm": "pgts", "resumed_from_iteration": start or None, "iterations": history}
+    return result
+
+
+def _save_state(folder, policy, optimizer, iteration: int, history: list[dict], before) -> None:
+    with atomic_dir(folder) as staging:
+        torch.save({"iteration": iteration, "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+                    "history": history, "before": before}, staging / "state.pt")
+
+
+def _resume(folder, policy, optimizer) -> tuple[int, list[dict], float | None]:
+    if not is_complete(folder):
+        return 0, [], None
+    state = torch.load(folder / "state.pt", weights_only=False)
+    policy.load_state_dict(state["policy"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["iteration"], state["history"], state["before"]

@@ -1,0 +1,258 @@
+"""Policy-guided tree search over reasoning steps, many problems at once.
+
+Each round, the policy picks one action per unfinished tree (one batched forward); every
+EXPAND and BRANCH of the round becomes one batched ``generate`` call for the new steps, one
+batched PRM pass that scores them, and one batched forward that reads the new nodes' features.
+
+Every tree draws its randomness (action choices and token sampling, both by the Gumbel-max
+trick) from its own generator seeded per problem, and only while it is unfinished, so a
+problem's tree is the same whether it is searched alone or in a batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from .. import prm
+from ..data.problems import FINAL_MARK, Problem, answers_match, extract_number
+from ..generation import left_padded, prompt_ids
+from ..schema.stages import PgtsSpec
+from .policy import TreePolicy, encode
+from .tree import BACKTRACK, TERMINATE, Tree, TreeState
+
+
+@dataclass
+class Decision:
+    state: TreeState
+    action: int
+    logprob: float
+    value: float
+    reward: float
+
+
+@dataclass
+class Episode:
+    problem: Problem
+    tree: Tree
+    decisions: list[Decision] = field(default_factory=list)
+    answer: str | None = None
+    correct: bool = False
+    tokens: int = 0
+
+
+@dataclass
+class SearchModels:
+    generator: object
+    tokenizer: object
+    reward_model: object
+    prm_tokenizer: object
+    policy: TreePolicy
+    separator: str
+    max_step_tokens: int
+    max_prompt_tokens: int
+    instruction: str = ""
+
+    def prompt(self, question: str) -> list[int]:
+        return prompt_ids(self.tokenizer, question, self.instruction)[-self.max_prompt_tokens:]
+
+
+@dataclass
+class SearchStats:
+    seconds: float
+    nodes_per_problem: float
+    tokens_per_problem: float
+    parallelism: float  # leaves (branches alive) per problem at the end of the search
+
+
+def search(models: SearchModels, pgts: PgtsSpec, problems: list[Problem], seeds: list[int],
+           greedy_actions: bool = False) -> list[Episode]:
+    """Search every problem's tree to its end; rewards are recorded on each decision."""
+    rngs = [torch.Generator().manual_seed(seed) for seed in seeds]
+    prompts = [models.prompt(p.question) for p in problems]
+    roots = _features(models.generator, prompts)
+    episodes = [Episode(p, Tree.start(p.question, root, pgts.max_depth, pgts.max_nodes))
+                for p, root in zip(problems, roots)]
+    max_actions = 2 * pgts.max_nodes
+    models.policy.eval()  # dropout off while acting
+    while active := [i for i, e in enumerate(episodes) if not e.tree.done]:
+        states = [episodes[i].tree.state() for i in active]
+        device = next(models.policy.parameters()).device
+        with torch.no_grad():
+            logits, values = models.policy(encode([(episodes[i].tree, s) for i, s in zip(active, states)], device))
+        requests = []
+        for row, i in enumerate(active):
+            episode, state = episodes[i], states[row]
+            action = _choose(logits[row].float().cpu(), rngs[i], greedy_actions)
+            logprob = torch.log_softmax(logits[row].float(), -1)[action].item()
+            decision = Decision(state, action, logprob, values[row].item(), pgts.rewards.step_penalty)
+            episode.decisions.append(decision)
+            if action == BACKTRACK:
+                episode.tree.backtrack()
+            elif action == TERMINATE:
+                episode.tree.done = True
+            else:
+                requests.append((i, episode.tree.parent_for(action)))
+            if len(episode.decisions) >= max_actions and action in (BACKTRACK, TERMINATE):
+                episode.tree.done = True
+        _grow(models, pgts, episodes, requests, rngs)
+        for i in active:
+            episode = episodes[i]
+            if len(episode.decisions) >= max_actions:
+                episode.tree.done = True
+            if episode.tree.done:
+                _settle(episode, pgts)
+    return episodes
+
+
+def stats(episodes: list[Episode], seconds: float) -> SearchStats:
+    count = max(len(episodes), 1)
+    return SearchStats(seconds, sum(len(e.tree.nodes) - 1 for e in episodes) / count,
+                       sum(e.tokens for e in episodes) / count,
+                       sum(len(e.tree.leaves()) for e in episodes) / count)
+
+
+def timed_search(models, pgts, problems, seeds, greedy_actions=False) -> tuple[list[Episode], SearchStats]:
+    started = time.monotonic()
+    episodes = []
+    for start in range(0, len(problems), pgts.search_batch):
+        episodes += search(models, pgts, problems[start:start + pgts.search_batch],
+                           seeds[start:start + pgts.search_batch], greedy_actions)
+    return episodes, stats(episodes, time.monotonic() - started)
+
+
+def _choose(logits: torch.Tensor, rng: torch.Generator, greedy: bool) -> int:
+    if greedy:
+        return int(logits.argmax())
+    return int((torch.log_softmax(logits, -1) + _gumbel(logits.shape[-1], rng)).argmax())
+
+
+def _gumbel(size: int, rng: torch.Generator) -> torch.Tensor:
+    uniform = torch.rand(size, generator=rng).clamp(1e-10, 1 - 1e-10)
+    return -torch.log(-torch.log(uniform))
+
+
+def _grow(models: SearchModels, pgts: PgtsSpec, episodes: list[Episode], requests: list[tuple[int, int]],
+          rngs: list[torch.Generator]) -> None:
+    """Generate, score and place the new steps that this round's EXPAND and BRANCH actions ask for."""
+    if not requests:
+        return
+    separator = models.separator
+    prefixes = [_prefix(models, episodes[i].tree, parent) for i, parent in requests]
+    texts, tokens = _generate_steps(models, prefixes, [rngs[i] for i, _ in requests], pgts.temperature)
+    made = [(i, parent, text, step, prefix)
+            for (i, parent), text, step, prefix in zip(requests, texts, tokens, prefixes) if text]
+    for (i, _), text, step in zip(requests, texts, tokens):
+        episodes[i].tokens += len(step)
+        if not text:  # the generator ended without writing a step: nothing to add
+            episodes[i].decisions[-1].reward += pgts.rewards.invalid_action
+    if not made:
+        return
+    solutions = [(episodes[i].tree.question, episodes[i].tree.steps(parent) + [text]) for i, parent, text, _, _ in made]
+    scores = prm.score(models.reward_model, models.prm_tokenizer, solutions, separator, len(solutions), 4096)
+    features = _features(models.generator, [prefix + step for _, _, _, step, prefix in made])
+    rewards = pgts.rewards
+    for (i, parent, text, step, _), step_scores, feature in zip(made, scores, features):
+        score = step_scores[-1] if step_scores else 0.0
+        episodes[i].tree.add_step(parent, text, score, feature, tuple(step))
+        episodes[i].decisions[-1].reward += rewards.prm_weight * rewards.prm_scale * score
+
+
+def _settle(episode: Episode, pgts: PgtsSpec) -> None:
+    episode.answer = episode.tree.final_answer()
+    episode.correct = answers_match(episode.answer, episode.problem.answer)
+    outcome = pgts.rewards.correct if episode.correct else pgts.rewards.wrong
+    episode.decisions[-1].reward += pgts.rewards.outcome_weight * outcome
+
+
+def _prefix(models: SearchModels, tree: Tree, parent: int) -> list[int]:
+    """The prompt and the path's steps so far, as the generator continues them."""
+    return models.prompt(tree.question) + tree.tokens(parent)
+
+
+@torch.no_grad()
+def _features(model, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """The last layer's hidden state at each sequence's last token (fp32, on the CPU)."""
+    device = next(model.parameters()).device
+    ids, mask = left_padded(sequences, 0)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                output_hidden_states=True)
+    return list(out.hidden_states[-1][:, -1].float().cpu())
+
+
+@torch.no_grad()
+def _generate_steps(models: SearchModels, prefixes: list[list[int]], rngs: list[torch.Generator],
+                    temperature: float) -> tuple[list[str], list[list[int]]]:
+    """One reasoning step per prefix: its text without the separator ("" when none) and the tokens
+    drawn for it, up to and including the separator or end of turn."""
+    tokenizer, model = models.tokenizer, models.generator
+    device = next(model.parameters()).device
+    ids, mask = left_padded(prefixes, tokenizer.pad_token_id)
+    stop = _StepEnd(tokenizer, models.separator, ids.shape[1])
+    sampler = _RowSampler(rngs, temperature, stop)
+    output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                            max_new_tokens=models.max_step_tokens, logits_processor=LogitsProcessorList([sampler]),
+                            stopping_criteria=StoppingCriteriaList([stop]), pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=None, temperature=None, top_p=None, top_k=None)
+    texts, tokens = [], []
+    for row in output[:, ids.shape[1]:].tolist():
+        row = row[: stop.lengths.get(len(texts), len(row))]
+        tokens.append(row)
+        texts.append(_step_text(tokenizer.decode(row, skip_special_tokens=True), models.separator))
+    return texts, tokens
+
+
+def _step_text(text: str, separator: str) -> str:
+    if FINAL_MARK in text:
+        mark, _, rest = text.partition(FINAL_MARK)
+        if mark.strip():  # reasoning before the answer line: that reasoning is this step
+            return mark.split(separator)[0].strip()
+        number = extract_number(rest)
+        return f"{FINAL_MARK} {number}" if number is not None else ""
+    return text.split(separator)[0].strip()
+
+
+class _StepEnd(StoppingCriteria):
+    """A row is done at its step separator, at end of turn, or, on the answer line, once the
+    number is complete (a separator or end of turn after it): the answer is never cut short."""
+
+    def __init__(self, tokenizer, separator: str, prompt_width: int):
+        self.tokenizer, self.separator, self.width = tokenizer, separator, prompt_width
+        self.finished: set[int] = set()
+        self.lengths: dict[int, int] = {}
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = []
+        for row, sequence in enumerate(input_ids.tolist()):
+            if row not in self.finished and self._ends(sequence[self.width:]):
+                self.finished.add(row)
+                self.lengths[row] = len(sequence) - self.width
+            done.append(row in self.finished)
+        return torch.tensor(done, device=input_ids.device)
+
+    def _ends(self, new: list[int]) -> bool:
+        if self.tokenizer.eos_token_id in new:
+            return True
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        if FINAL_MARK in text:
+            return self.separator in text.partition(FINAL_MARK)[2]
+        return self.separator in text
+
+
+class _RowSampler(LogitsProcessor):
+    """Temperature sampling by Gumbel-max with each row's own generator, drawn only while the row
+    is unfinished (then greedy decoding of the perturbed scores is a sample)."""
+
+    def __init__(self, rngs: list[torch.Generator], temperature: float, stop: _StepEnd):
+        self.rngs, self.temperature, self.stop = rngs, temperature, stop
+
+    def __call__(self, input_ids, scores):
+        scores = scores.float() / self.temperature
+        for row, rng in enumerate(self.rngs):
+            if row not in self.stop.finished:
+                scores[row] = torch.log_softmax(scores[row], -1) + _gumbel(scores.shape[-1], rng).to(scores.device)
+        return scores
