@@ -237,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     rows = []
     print(f"device: {torch.cuda.get_device_name(0) if device != 'cpu' else 'cpu'}; torch {torch.__version__}")
+    if device == "cpu" and not args.quick:
+        print("no GPU here: measuring the tiny model on the CPU (the --quick cases)")
     print("| model | step | batch x seq | ckpt | predicted live GiB | measured peak allocated | "
           "predicted device GiB | measured device GiB | error |")
     print("|---|---|---|---|---|---|---|---|---|")
-    if device == "cpu" and not args.quick:
-        print("no GPU here: measuring the tiny model on the CPU (the --quick cases)")
     for case in cases(device == "cpu"):
         if args.only and case.kind != args.only:
             continue
@@ -255,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         live = sum(estimate.parts.values())
         used = measured["device_used_gib"]
-        # On CPU the reading is growth of the process's high-water mark, 0 when an earlier case set it.
-        error = (estimate.total - used) / used * 100 if used > 0 else None
+        # On CPU the reading is growth of the process's high-water mark (0 when an earlier case set
+        # it), compared with the live estimate: the GPU runtime's fixed share does not apply there.
+        expected = live if device == "cpu" else estimate.total
+        error = (expected - used) / used * 100 if used > 0 else None
         rows.append({**case.__dict__, "predicted_live_gib": live, "predicted_device_gib": estimate.total,
                      "parts": estimate.parts, **measured, "error_pct": error})
         print(f"| Qwen2.5-{case.size} | {case.kind} | {case.batch}x{case.seq} | {case.checkpointing} | "

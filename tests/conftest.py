@@ -48,19 +48,41 @@ def merge(base: dict, override: dict) -> dict:
     return deep_merge(base, override)
 
 
-@pytest.fixture
-def plan_file(tmp_path):
-    """Write a plan file for a small tiny run (``overrides`` merged over SMALL_TINY)."""
+def _write_plan(folder: Path, name: str, overrides: dict | None = None) -> Path:
+    from reasoning_trainer.checkpoints import write_json
     from reasoning_trainer.job import plan_document
     from reasoning_trainer.planner import plan_run
     from reasoning_trainer.schema import validate_spec
-    from reasoning_trainer.checkpoints import write_json
+
+    spec = validate_spec(merge(SMALL_TINY, overrides or {}))
+    path = folder / "plan.json"
+    write_json(path, plan_document(name, "tests", spec, plan_run(spec), str(folder)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_models(tmp_path_factory) -> Path:
+    """The embedded base model and tokenizer, pretrained once per session (about 15 s each time)."""
+    from reasoning_trainer import models
+    from reasoning_trainer.job import load_job
+
+    folder = tmp_path_factory.mktemp("embedded")
+    models.load_generator(load_job(_write_plan(folder, "embedded")), "sft")
+    return folder / "models"
+
+
+@pytest.fixture
+def plan_file(tmp_path, embedded_models):
+    """Write a plan file for a small tiny run (``overrides`` merged over SMALL_TINY). Its output
+    folder starts with the session's pretrained embedded base, as a run's later stages find it."""
+    import shutil
 
     def write(overrides: dict | None = None, name: str = "small") -> Path:
-        spec = validate_spec(merge(SMALL_TINY, overrides or {}))
-        path = tmp_path / name / "plan.json"
-        write_json(path, plan_document(name, "tests", spec, plan_run(spec), str(tmp_path / name)))
-        return path
+        folder = tmp_path / name
+        if not (folder / "models").exists():
+            for part in ("base", "tokenizer"):
+                shutil.copytree(embedded_models / part, folder / "models" / part)
+        return _write_plan(folder, name, overrides)
 
     return write
 

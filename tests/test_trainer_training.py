@@ -60,7 +60,7 @@ def test_zero2_trains_through_deepspeed_on_cpu(plan_file):
 
 def test_8bit_loading_through_bitsandbytes(plan_file, tmp_path):
     job = load_job(plan_file())
-    models.load_generator(job, "sft")  # builds the embedded base under models/base
+    models.load_generator(job, "sft")  # the embedded base, under models/base
     base = job.paths.model("base")
     path = plan_file({"models": {"generator": {"name": str(base), "loadIn8bit": True, "lora": {"r": 4}}},
                       **GENERATOR_ONLY}, name="eight")
