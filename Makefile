@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Stable timings and no oversubscription on small CI machines.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: venv run test e2e bench crd docs generate clean
+.PHONY: venv run test e2e bench crd dashboard manifests docs generate images clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,10 +43,26 @@ bench: venv
 crd: venv
 	$(PY) -m reasoning_operator.crd
 
+# The Grafana dashboard (grafana-foundation-sdk) into the chart.
+dashboard: venv
+	$(PY) -m reasoning_operator.dashboard
+
+# manifests/install.yaml: the chart rendered by Helm's library with its default values.
+manifests: venv crd dashboard
+	$(PY) -m reasoning_operator.release
+
 docs: venv
 	$(PY) -m reasoning_trainer.schema.reference > docs/configuration.md
 
-generate: crd docs
+generate: crd dashboard manifests docs
+
+# Both images, where a Docker engine runs. IMAGE_REGISTRY=... VERSION=... to retag.
+IMAGE_REGISTRY ?= ghcr.io/reasoning-operator
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images:
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine (docker info failed)"; exit 1; }
+	docker build -f images/operator/Dockerfile -t $(IMAGE_REGISTRY)/operator:$(VERSION) .
+	docker build -f images/trainer/Dockerfile -t $(IMAGE_REGISTRY)/trainer:$(VERSION) .
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -12,6 +12,8 @@ import asyncio
 import copy
 import datetime
 import itertools
+import json
+import threading
 import uuid
 from typing import Any
 
@@ -19,6 +21,10 @@ import aiohttp
 import attrs
 import jsonpatch
 import kmock
+import kopf
+
+from reasoning_operator.config import OperatorConfig
+from reasoning_operator.handlers import build_registry
 
 RUNS = kmock.resource("reasoning.dev", "v1alpha1", "reasoningtrainings")
 JOBS = kmock.resource("batch", "v1", "jobs")
@@ -190,6 +196,48 @@ class Cluster:
             async with session.request(method, self.url + path, json=body,
                                        headers={"Content-Type": content_type}) as response:
                 assert response.status < 400, await response.text()
+
+
+def result_message(stage: str, accuracy: float | None = None) -> str:
+    message = {"stage": stage, "phase": "Succeeded", "durationSeconds": 12.5,
+               "checkpoint": f"/data/x/models/{stage}", "metrics": {"loss": 0.25}}
+    if accuracy is not None:
+        message["accuracy"] = accuracy
+    return json.dumps(message)
+
+
+class Operator:
+    """kopf's operator in its own thread and event loop (as in a real process), pointed at the
+    emulator; restartable. kopf cancels every task started after it on the loop it runs in, so it
+    cannot share the test's loop."""
+
+    def __init__(self, cluster: Cluster, metrics_port: int = 0):
+        self.cluster = cluster
+        self.metrics_port = metrics_port
+        self.memo = None
+
+    async def start(self) -> None:
+        config = OperatorConfig(resync_seconds=0.2, stuck_after_seconds=1, metrics_port=self.metrics_port)
+        settings = kopf.OperatorSettings()
+        settings.scanning.disabled = True
+        self.memo = kopf.Memo(connection=kopf.ConnectionInfo(server=self.cluster.url))
+        self.stop_flag, ready = threading.Event(), threading.Event()
+        operator = kopf.operator(registry=build_registry(config), settings=settings, clusterwide=True,
+                                 standalone=True, stop_flag=self.stop_flag, ready_flag=ready, memo=self.memo)
+        self.thread = threading.Thread(target=asyncio.run, args=(operator,), daemon=True)
+        self.thread.start()
+        assert await asyncio.to_thread(ready.wait, 20), "the operator did not start"
+
+    async def stop(self) -> None:
+        self.stop_flag.set()
+        await asyncio.to_thread(self.thread.join, 20)
+        assert not self.thread.is_alive(), "the operator did not stop"
+
+
+async def finish_stage(cluster: Cluster, job: str, accuracy: float | None = None) -> None:
+    pod = cluster.start_pod(job)
+    cluster.finish_pod(pod, 0, result_message(job.rsplit("-", 1)[1], accuracy))
+    cluster.complete_job(job)
 
 
 async def eventually(check, timeout: float = 20.0, interval: float = 0.05):

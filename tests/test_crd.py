@@ -65,11 +65,15 @@ def _validator():
     return jsonschema.Draft4Validator(schema)
 
 
-def test_examples_pass_the_crd_schema():
+def test_examples_pass_the_crd_schema_and_their_other_objects_kubernetes():
     validator = _validator()
     for example in sorted((ROOT / "manifests/examples").glob("*.yaml")):
-        errors = list(validator.iter_errors(yaml.safe_load(example.read_text())))
-        assert not errors, (example, errors[0].message if errors else None)
+        for document in yaml.safe_load_all(example.read_text()):
+            if document["kind"] != "ReasoningTraining":
+                kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+                continue
+            errors = list(validator.iter_errors(document))
+            assert not errors, (example, errors[0].message if errors else None)
 
 
 @pytest.mark.parametrize("spec, field", [

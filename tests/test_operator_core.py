@@ -45,6 +45,37 @@ def test_a_cpu_stage_asks_for_no_gpu_and_an_existing_claim_is_used_as_is():
     assert '"outputDir": "/data/demo-01234567"' in made["ConfigMap"]["data"]["plan.json"]
 
 
+def test_stage_pods_can_write_the_volume_and_keep_serving_their_final_metrics():
+    config = OperatorConfig(metrics_linger_seconds=60)
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Ti"}})
+    job = next(child for child in stage_children(RUN, spec, plan_run(spec), "sft", "t:1", config)
+               if child["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == 1000  # the trainer image's user
+    env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+    assert env["RTO_METRICS_LINGER_SECONDS"] == "60"
+
+
+def test_operator_metrics_keep_failed_stages_until_the_run_is_deleted():
+    from reasoning_operator.metrics import OperatorMetrics
+    from reasoning_trainer.schema.run import RunStatus
+
+    metrics = OperatorMetrics()
+    running = RunStatus.model_validate({"phase": "Running", "stages": {"sft": {"phase": "Running"}}})
+    failed = RunStatus.model_validate({"phase": "Failed", "stages": {"sft": {"phase": "Failed"}}})
+    metrics.observe("team", "demo", RunStatus(), running)
+    metrics.observe("team", "demo", running, failed)
+    sample = metrics.registry.get_sample_value
+    run = {"namespace": "team", "run": "demo", "stage": "sft"}
+    assert sample("rto_operator_stage_failed", run) == 1
+    assert sample("rto_operator_stage_transitions_total", {**run, "phase": "Failed"}) == 1
+    assert sample("rto_operator_runs", {"phase": "Failed"}) == 1
+    metrics.forget("team", "demo")
+    assert sample("rto_operator_stage_failed", run) is None
+    assert sample("rto_operator_stage_transitions_total", {**run, "phase": "Running"}) is None
+    assert sample("rto_operator_runs", {"phase": "Failed"}) == 0
+
+
 def pending_job(stage: str) -> dict:
     return {"metadata": {"name": f"demo-{stage}", "uid": "job-uid"}, "spec": {}, "status": {"active": 1}}
 

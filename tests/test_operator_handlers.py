@@ -6,15 +6,13 @@ conditions, termination messages) and check what the operator creates and report
 
 import asyncio
 import json
-import threading
 
 import kopf
 import pytest
-from kube_emulator import JOBS, PODS, ApiServerEmulator, Cluster, eventually
+from kube_emulator import JOBS, PODS, ApiServerEmulator, Cluster, Operator, eventually, finish_stage
 
 from conftest import resource
-from reasoning_operator.config import OperatorConfig
-from reasoning_operator.handlers import build_registry, check_admission
+from reasoning_operator.handlers import check_admission
 from reasoning_trainer.planner import plan_run
 from reasoning_trainer.schema import validate_spec
 
@@ -28,41 +26,6 @@ def run_resource(name: str, spec: dict) -> dict:
     return resource(merged, name)
 
 
-def result_message(stage: str, accuracy: float | None = None) -> str:
-    message = {"stage": stage, "phase": "Succeeded", "durationSeconds": 12.5,
-               "checkpoint": f"/data/x/models/{stage}", "metrics": {"loss": 0.25}}
-    if accuracy is not None:
-        message["accuracy"] = accuracy
-    return json.dumps(message)
-
-
-class Operator:
-    """kopf's operator in its own thread and event loop (as in a real process), pointed at the
-    emulator; restartable. kopf cancels every task started after it on the loop it runs in, so it
-    cannot share the test's loop."""
-
-    def __init__(self, cluster: Cluster):
-        self.cluster = cluster
-        self.memo = None
-
-    async def start(self) -> None:
-        config = OperatorConfig(resync_seconds=0.2, stuck_after_seconds=1, metrics_port=0)
-        settings = kopf.OperatorSettings()
-        settings.scanning.disabled = True
-        self.memo = kopf.Memo(connection=kopf.ConnectionInfo(server=self.cluster.url))
-        self.stop_flag, ready = threading.Event(), threading.Event()
-        operator = kopf.operator(registry=build_registry(config), settings=settings, clusterwide=True,
-                                 standalone=True, stop_flag=self.stop_flag, ready_flag=ready, memo=self.memo)
-        self.thread = threading.Thread(target=asyncio.run, args=(operator,), daemon=True)
-        self.thread.start()
-        assert await asyncio.to_thread(ready.wait, 20), "the operator did not start"
-
-    async def stop(self) -> None:
-        self.stop_flag.set()
-        await asyncio.to_thread(self.thread.join, 20)
-        assert not self.thread.is_alive(), "the operator did not stop"
-
-
 @pytest.fixture
 async def cluster(kmock):
     return Cluster(kmock)
@@ -74,12 +37,6 @@ async def operator(cluster):
     await running.start()
     yield running
     await running.stop()
-
-
-async def finish_stage(cluster: Cluster, job: str, accuracy: float | None = None) -> None:
-    pod = cluster.start_pod(job)
-    cluster.finish_pod(pod, 0, result_message(job.rsplit("-", 1)[1], accuracy))
-    cluster.complete_job(job)
 
 
 def stage_phase(cluster, name, stage):
@@ -333,8 +290,8 @@ async def test_operator_metrics_count_runs_by_phase_and_stage_transitions(cluste
     await eventually(lambda: stage_phase(cluster, "counted", "sft") == "Succeeded")
     registry = operator.memo.operator.metrics.registry
     await eventually(lambda: registry.get_sample_value("rto_operator_runs", {"phase": "Running"}) == 1)
-    assert registry.get_sample_value("rto_operator_stage_transitions_total",
-                                     {"stage": "sft", "phase": "Succeeded"}) == 1
+    transition = {"namespace": "default", "run": "counted", "stage": "sft", "phase": "Succeeded"}
+    assert registry.get_sample_value("rto_operator_stage_transitions_total", transition) == 1
     assert registry.get_sample_value("rto_operator_stage_duration_seconds_count", {"stage": "sft"}) == 1
     assert registry.get_sample_value("rto_operator_handler_duration_seconds_count", {"handler": "resync"}) > 0
 

@@ -68,6 +68,16 @@ def test_user_fields_override_the_preset_and_the_rest_is_kept():
     assert spec.stages.sft.batch_size == 16
 
 
+def test_naming_a_gpu_type_replaces_the_presets_gpu_memory():
+    from reasoning_trainer.planner import plan_run
+
+    on_h100 = validate_spec({"preset": "fast", "gpu": {"type": "H100"}})
+    assert plan_run(on_h100).gpu_memory_gib == 80
+    pinned = validate_spec({"preset": "fast", "gpu": {"type": "H100", "memory": "40Gi"}})
+    assert plan_run(pinned).gpu_memory_gib == 40
+    assert plan_run(validate_spec({"preset": "fast"})).gpu_memory_gib == 24
+
+
 def test_override_is_validated_after_merging():
     with pytest.raises(RunValidationError) as caught:
         validate_spec({"preset": "fast", "stages": {"rl": {"pgts": {"maxNodes": 5}}}})

@@ -55,6 +55,22 @@ def test_promtool_accepts_the_exposition(exposition):
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_the_endpoint_lingers_after_the_stage_so_the_final_values_are_scraped():
+    import threading
+    import time
+
+    metrics = StageMetrics("run-b", "team-ml", "eval")
+    port = metrics.serve(_free_port())
+    metrics.accuracy("gsm8k", "pass@1", 0.75)  # eval sets its accuracy last
+    lingering = threading.Thread(target=metrics.linger, args=(1.5,))
+    started = time.monotonic()
+    lingering.start()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert 'metric="pass@1"' in response.read().decode()
+    lingering.join()
+    assert time.monotonic() - started >= 1.5
+
+
 def test_a_taken_port_does_not_stop_training():
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))

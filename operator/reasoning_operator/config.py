@@ -25,6 +25,9 @@ class OperatorConfig:
     # Service account of the stage pods; empty means the namespace's default.
     trainer_service_account: str = ""
     metrics_port: int = 8080
+    # Seconds a stage pod keeps serving its final metrics after the stage ends, so that at least
+    # one scrape (15-30 s apart) sees the last values, eval accuracy among them.
+    metrics_linger_seconds: int = 45
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorConfig:

@@ -79,8 +79,18 @@ def _with_bounds(out: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _without_required(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _without_required(value) for key, value in node.items() if key != "required"}
+    if isinstance(node, list):
+        return [_without_required(item) for item in node]
+    return node
+
+
 def build_crd() -> dict[str, Any]:
-    spec_schema = openapi_schema(RunSpec)
+    # A preset fills in what a user leaves out (a model's name, say), so nothing in spec is required
+    # at the API server; the operator validates the merged spec and reports what is missing.
+    spec_schema = _without_required(openapi_schema(RunSpec))
     spec_schema["properties"]["preset"]["enum"] = presets.available()
     spec_schema["description"] = "What to train, on what data, through which stages, on which GPUs."
     status_schema = openapi_schema(RunStatus)

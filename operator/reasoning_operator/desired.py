@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reasoning_trainer.job import plan_document
+from reasoning_trainer.metrics import LINGER_ENV
 from reasoning_trainer.planner import RunPlan
 from reasoning_trainer.schema import GROUP, KIND, VERSION, RunSpec
 
@@ -25,6 +26,8 @@ PLAN_DIR = "/etc/rto"
 PLAN_FILE = f"{PLAN_DIR}/plan.json"
 DATA_DIR = "/data"
 METRICS_PORT = 9400
+# The trainer image's user and group (images/trainer/Dockerfile).
+TRAINER_GID = 1000
 RENDEZVOUS_PORT = 29500
 # Exit code of ``rto train`` for an unusable plan file: retrying cannot help.
 EXIT_BAD_PLAN = 2
@@ -167,7 +170,7 @@ def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], g
         "name": CONTAINER,
         "image": image,
         "command": _command(stage, stage_plan, gpus_per_node),
-        "env": _env(run, spec, stage, stage_plan, gpus_per_node),
+        "env": _env(run, spec, stage, stage_plan, gpus_per_node, config),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
         "volumeMounts": [{"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
                          {"name": "data", "mountPath": DATA_DIR},
@@ -184,6 +187,9 @@ def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], g
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": config.termination_grace_seconds,
+        # The trainer image runs as uid 1000; the volume's group lets it write there. OnRootMismatch
+        # skips the recursive chown of a large volume that already has the right owner.
+        "securityContext": {"fsGroup": TRAINER_GID, "fsGroupChangePolicy": "OnRootMismatch"},
         "containers": [container],
         "volumes": [
             {"name": "plan", "configMap": {"name": job_name(run.name, stage)}},
@@ -223,9 +229,11 @@ def _command(stage: str, stage_plan: dict[str, Any], gpus_per_node: int) -> list
             "-m", "reasoning_trainer.cli", *train]
 
 
-def _env(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], gpus_per_node: int) -> list[dict[str, Any]]:
+def _env(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], gpus_per_node: int,
+         config) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": LINGER_ENV, "value": str(config.metrics_linger_seconds)},
         # Downloads land on the run's volume, so a retried pod does not fetch the models again.
         {"name": "HF_HOME", "value": f"{DATA_DIR}/.cache/huggingface"},
     ]

@@ -51,6 +51,9 @@ def credentials(settings: kopf.OperatorSettings, logger, memo: kopf.Memo) -> kop
             or kopf.login_via_client(settings=settings, logger=logger))
 
 
+WEBHOOK_ID = "validate"
+
+
 def build_registry(config: OperatorConfig, webhook: bool = False,
                    registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
     registry = registry or kopf.OperatorRegistry()
@@ -97,8 +100,9 @@ def build_registry(config: OperatorConfig, webhook: bool = False,
         memo.operator.locks.pop((run.namespace, run.name), None)
 
     if webhook:
-        @kopf.on.validate(*resource, operation="CREATE", registry=registry)
-        @kopf.on.validate(*resource, operation="UPDATE", registry=registry)
+        # Served at /validate, the path the chart's ValidatingWebhookConfiguration calls.
+        @kopf.on.validate(*resource, id=WEBHOOK_ID, operation="CREATE", registry=registry)
+        @kopf.on.validate(*resource, id=WEBHOOK_ID, operation="UPDATE", registry=registry)
         def validate(body, **_):
             check_admission(body)
 

@@ -19,7 +19,7 @@ PEERING_NAME = "reasoning-operator"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[],
-                       help="watch this namespace (repeat for several; glob patterns allowed)")
+                       help="watch this namespace (repeat for several)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     parser.add_argument("--trainer-image", help="default trainer image of the stage Jobs ($RTO_TRAINER_IMAGE)")
     parser.add_argument("--metrics-port", type=int, help="operator metrics port, 0 to disable ($RTO_METRICS_PORT)")
@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--webhook-host", help="the webhook's DNS name as the API server reaches it")
     parser.add_argument("--webhook-cert", help="TLS certificate file of the webhook (PEM)")
     parser.add_argument("--webhook-key", help="TLS private key file of the webhook (PEM)")
+    parser.add_argument("--webhook-config", metavar="NAME",
+                        help="create and keep the ValidatingWebhookConfiguration NAME pointing at this operator "
+                             "(needs --webhook-host and RBAC on validatingwebhookconfigurations; "
+                             "the Helm chart ships its own configuration instead)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -53,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     if webhook:
         settings.admission.server = kopf.WebhookServer(port=args.webhook_port, host=args.webhook_host,
                                                        certfile=args.webhook_cert, pkeyfile=args.webhook_key)
-        settings.admission.managed = "validate.reasoning.dev"
+        settings.admission.managed = args.webhook_config
+    # The CRD is installed before the operator, so kopf need not list CRDs or namespaces
+    # cluster-wide to find it; the RBAC stays within the watched namespaces.
+    settings.scanning.disabled = True
     kopf.run(registry=build_registry(config, webhook=webhook), settings=settings,
              clusterwide=not args.namespace, namespaces=args.namespace,
              liveness_endpoint=args.liveness, peering_name=args.peering, standalone=args.standalone,

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9400
 PORT_ENV = "RTO_METRICS_PORT"
+# Seconds the endpoint stays up after a stage ends, so that Prometheus scrapes the final values
+# (eval accuracy is set last) before the pod exits; the operator sets it on every stage pod.
+LINGER_ENV = "RTO_METRICS_LINGER_SECONDS"
 BASE_LABELS = ("run", "namespace", "stage")
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -76,6 +79,7 @@ class StageMetrics:
             self._metrics[name] = metric
         self.registry.register(_GpuMemoryCollector(self._base))
         self._started = time.monotonic()
+        self._port: int | None = None
 
     def _series(self, name: str, **labels):
         return self._metrics[name].labels(**self._base, **labels)
@@ -128,7 +132,15 @@ class StageMetrics:
         except OSError as error:
             log.warning("metrics endpoint not started on port %s (%s); training goes on without it", port, error)
             return None
+        self._port = port
         return port
+
+    def linger(self, seconds: float | None = None) -> None:
+        """Keep serving the final values for ``seconds`` ($RTO_METRICS_LINGER_SECONDS, default 0)."""
+        seconds = float(os.environ.get(LINGER_ENV, 0)) if seconds is None else seconds
+        if self._port is not None and seconds > 0:
+            log.info("serving the final metrics on port %s for %.0f s", self._port, seconds)
+            time.sleep(seconds)
 
 
 class _GpuMemoryCollector:

@@ -46,6 +46,13 @@ def main(stage: str, plan_path: str, metrics_port: int | None = None) -> int:
         return 0
     metrics = StageMetrics(job.run, job.namespace, stage)
     metrics.serve(metrics_port)
+    code = _run_stage(job, stage, metrics)
+    if code != EXIT_INTERRUPTED:  # a stopped pod spends its grace period on the checkpoint instead
+        metrics.linger()
+    return code
+
+
+def _run_stage(job: StageJob, stage: str, metrics: StageMetrics) -> int:
     stop = StopRequest().install()
     started, started_at = time.monotonic(), _now()
     try:

@@ -27,7 +27,12 @@ def resolve_spec(raw: dict[str, Any], prefix: str = "spec") -> dict[str, Any]:
     if not isinstance(name, str) or name not in presets.available():
         choices = ", ".join(presets.available())
         raise RunValidationError([Issue(f"{prefix}.preset", f"unknown preset {name!r}; choose one of: {choices}")])
-    return presets.deep_merge(presets.load(name), raw)
+    preset = presets.load(name)
+    gpu = raw.get("gpu")
+    if isinstance(gpu, dict) and "type" in gpu and "memory" not in gpu:
+        # A GPU type the user names sets the memory; the preset's memory was for its own GPUs.
+        preset.get("gpu", {}).pop("memory", None)
+    return presets.deep_merge(preset, raw)
 
 
 def validate_spec(raw: Any, prefix: str = "spec") -> RunSpec:
@@ -64,8 +69,13 @@ def validate_resource(resource: Any) -> tuple[str, RunSpec]:
 
 
 def load_run_file(path: str | Path) -> tuple[str, RunSpec]:
+    """The run in a manifest file; other documents beside it (a claim, a Secret) are skipped."""
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        documents = [document for document in yaml.safe_load_all(Path(path).read_text()) if document is not None]
     except yaml.YAMLError as error:
         raise RunValidationError([Issue(str(path), f"is not valid YAML: {error}")]) from None
-    return validate_resource(document)
+    runs = [document for document in documents if isinstance(document, dict) and document.get("kind") == KIND]
+    if len(documents) > 1 and len(runs) != 1:
+        raise RunValidationError([Issue(str(path), f"holds {len(runs)} {KIND} documents among {len(documents)}; "
+                                                   f"put one run per file")])
+    return validate_resource(runs[0] if runs else documents[0] if documents else None)
