@@ -1,6 +1,7 @@
 """PGTS search: problems per second of the batched search (all problems' trees in one round of
 policy, generation and PRM calls) against searching one problem at a time, with the same
-models, seeds and limits; the trees must come out identical.
+models, seeds and limits; the trees must come out identical. Then the batched search with each
+path's keys and values cached (pgts.cacheKv) against re-encoding every path for each new step.
 
     python bench/search_batching.py            # 8 and 32 problems, embedded tiny shapes
     python bench/search_batching.py --quick    # a smoke run for make test
@@ -65,6 +66,22 @@ def main(argv: list[str] | None = None) -> int:
         same = shape(batched) == shape(alone)
         print(f"| {count} | {count / batched_seconds:.2f} | {count / alone_seconds:.2f} | "
               f"{alone_seconds / batched_seconds:.1f}x | {'yes' if same else 'NO'} |")
+    print()
+    print("| problems | depth / nodes | cached paths: problems/s | re-encoded paths: problems/s | speed-up | "
+          "identical trees |")
+    print("|---|---|---|---|---|---|")
+    for count, depth, nodes in ((4, 4, 8),) if args.quick else ((16, 8, 16), (16, 16, 32)):
+        deep = PgtsSpec.model_validate({"maxDepth": depth, "maxNodes": nodes, "searchBatch": count})
+        problems = embedded.problems(count, seed=7, split="train")
+        seeds = list(range(count))
+        timings, trees = {}, {}
+        for cached in (True, False):
+            limits = deep.model_copy(update={"cache_kv": cached})
+            started = time.perf_counter()
+            trees[cached] = shape(search(searcher, limits, problems, seeds))
+            timings[cached] = time.perf_counter() - started
+        print(f"| {count} | {depth} / {nodes} | {count / timings[True]:.2f} | {count / timings[False]:.2f} | "
+              f"{timings[False] / timings[True]:.1f}x | {'yes' if trees[True] == trees[False] else 'NO'} |")
     return 0
 
 

@@ -39,9 +39,9 @@ def test_prm_scoring_quick_shows_both_ways_agree_for_4_8_and_16_steps():
     assert all(float(row[5]) < 1e-4 for row in rows)  # one pass gives the prefixes' scores
 
 
-def test_search_batching_quick_grows_identical_trees():
+def test_search_batching_quick_grows_identical_trees_batched_and_from_cached_paths():
     rows = [line for line in _quick("search_batching.py").splitlines() if line.startswith("| 4 ")]
-    assert len(rows) == 1 and rows[0].rstrip(" |").endswith("yes")
+    assert len(rows) == 2 and all(row.rstrip(" |").endswith("yes") for row in rows)
 
 
 def test_operator_scale_quick_creates_every_first_stage_job():

@@ -113,6 +113,33 @@ def test_batched_search_grows_the_same_trees_as_one_problem_at_a_time(searcher):
     assert any(len(e.tree.nodes) > 1 for e in together), "the searches should have generated steps"
 
 
+def test_continuing_each_path_from_its_cache_grows_the_trees_that_re_encoding_grows(searcher):
+    job, models = searcher
+    limits = job.spec.stages.rl.pgts
+    problems = load_problems(job.spec.data.train, "spec.data.train")[:4]
+    seeds = [21, 22, 23, 24]
+    cached = search(models, limits, problems, seeds)
+    encoded = search(models, limits.model_copy(update={"cache_kv": False}), problems, seeds)
+    for fast, slow in zip(cached, encoded):
+        assert [(n.parent, n.text, n.tokens) for n in fast.tree.nodes] == \
+            [(n.parent, n.text, n.tokens) for n in slow.tree.nodes]
+        assert [d.action for d in fast.decisions] == [d.action for d in slow.decisions]
+        for kept, recomputed in zip(fast.tree.nodes, slow.tree.nodes):
+            torch.testing.assert_close(kept.feature, recomputed.feature, atol=1e-4, rtol=1e-4)
+        assert not fast.kv, "a finished tree gives its cache back"
+    assert max(node.depth for e in cached for node in e.tree.nodes) >= 2, "some step continued a cached path"
+
+
+def test_the_search_uses_the_batch_and_cache_the_planner_fitted(plan_file):
+    import dataclasses
+
+    job = load_job(plan_file(PGTS))
+    assert (pgts.planned_limits(job).search_batch, pgts.planned_limits(job).cache_kv) == (4, True)
+    stages = {**job.plan["stages"], "rl": {**job.plan["stages"]["rl"], "batch_size": 2, "kv_cache": False}}
+    short = dataclasses.replace(job, plan={**job.plan, "stages": stages})
+    assert (pgts.planned_limits(short).search_batch, pgts.planned_limits(short).cache_kv) == (2, False)
+
+
 def test_every_episode_ends_with_the_outcome_reward_and_respects_the_limits(searcher):
     job, models = searcher
     limits = job.spec.stages.rl.pgts

@@ -32,7 +32,10 @@ def test_2gpu_on_24gib_trains_on_one_gpu_then_splits_the_models_over_two():
     rl = stages["rl"]
     assert rl.gpus == 2
     assert rl.placement == {"generator": "cuda:0", "rewardModel": "cuda:1", "policy": "cuda:1"}
-    assert 22 <= rl.total_memory_gib <= 27  # reference: ~22-27 GB over both GPUs
+    # The reference keeps no search-tree cache: compare like with like.
+    uncached = plan("2gpu", "24Gi", stages={"rl": {"pgts": {"cacheKv": False}}}).stages["rl"]
+    assert 22 <= uncached.total_memory_gib <= 27  # reference: ~22-27 GB over both GPUs
+    assert rl.kv_cache and uncached.total_memory_gib < rl.total_memory_gib
     assert not any(rl.load_in_8bit.values())
 
 
@@ -47,6 +50,15 @@ def test_full_on_80gib_needs_no_8bit():
     stages = plan("full", "80Gi").stages
     assert not any(flag for stage in stages.values() for flag in stage.load_in_8bit.values())
     assert stages["rl"].gpus == 1
+
+
+def test_search_trees_keep_their_kv_cache_only_where_it_costs_no_search_batch():
+    tight, roomy = plan("full", "24Gi").stages["rl"], plan("full", "80Gi").stages["rl"]
+    assert (tight.kv_cache, tight.batch_size) == (False, 4)  # 14B trees' caches would halve the batch twice
+    assert (roomy.kv_cache, roomy.batch_size) == (True, 4)
+    assert roomy.to_dict()["kv_cache"] is True
+    off = plan("full", "80Gi", stages={"rl": {"pgts": {"cacheKv": False}}}).stages["rl"]
+    assert off.kv_cache is False and off.memory_gib < roomy.memory_gib
 
 
 def test_bigger_gpus_drop_gradient_checkpointing():

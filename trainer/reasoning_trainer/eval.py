@@ -17,6 +17,7 @@ from .data.problems import Problem, answers_match, split_solution
 from .data.sources import load_problems
 from .generation import solve
 from .job import StageJob
+from .rl import pgts
 from .rl.policy import TreePolicy
 from .rl.search import SearchModels, timed_search
 from .metrics import StageMetrics
@@ -79,7 +80,7 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
             scores["rm@k"] = _share(answers_match(a, p.answer) for a, p in zip(picks, problems))
     if searcher is not None:
         seeds = [PGTS_SEED + number for number in range(len(problems))]
-        episodes, _ = timed_search(searcher, job.spec.stages.rl.pgts, problems, seeds, greedy_actions=True)
+        episodes, _ = timed_search(searcher, pgts.planned_limits(job), problems, seeds, greedy_actions=True)
         scores["pgts"] = _share(episode.correct for episode in episodes)
     return scores
 

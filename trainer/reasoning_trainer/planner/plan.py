@@ -8,7 +8,7 @@ Preferences, in order (docs/planner.md explains why):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 
 from ..schema.base import quantity_gib
@@ -49,6 +49,8 @@ class StagePlan:
     batch_size: int | None = None
     trains: list[str] = field(default_factory=list)
     dtype: str = "bfloat16"
+    # PGTS: whether the search trees keep their keys and values (rl.pgts.cacheKv, when it fits).
+    kv_cache: bool | None = None
 
     @property
     def memory_gib(self) -> float:
@@ -72,6 +74,7 @@ class StagePlan:
             "zero_stage": self.zero_stage,
             "gradient_checkpointing": self.gradient_checkpointing,
             "batch_size": self.batch_size,
+            "kv_cache": self.kv_cache,
             "trains": list(self.trains),
             "memory_gib": round(self.memory_gib, 2),
             "total_memory_gib": round(self.total_memory_gib, 2),
@@ -269,16 +272,22 @@ def _plan_rl(context: _Context, archs: dict[str, Architecture]) -> StagePlan | N
         return _plan_grpo(context, archs)
     generator, reward_model = context.spec.models.generator, context.spec.models.reward_model
     path_tokens = generator.generation.max_prompt_tokens + stage.pgts.max_depth * generator.generation.max_new_tokens
+    tree_tokens = generator.generation.max_prompt_tokens + stage.pgts.max_nodes * generator.generation.max_new_tokens
     step_tokens = max(generator.generation.max_prompt_tokens, generator.generation.max_new_tokens)
     policy = context.spec.models.policy
 
-    def generator_side(eight_bit, problems):
-        arch = archs["generator"]
-        estimate = inference_weights(arch, generator.dtype, eight_bit["generator"], "generator")
-        # The KV cache is reused along each problem's current path; one path per problem in flight.
-        estimate.add("generator kv cache", kv_cache_bytes(arch, problems, path_tokens))
-        estimate.add("generator workspace", forward_workspace_bytes(arch, problems * step_tokens))
-        return estimate
+    def generator_side(cached):
+        def estimate_for(eight_bit, problems):
+            arch = archs["generator"]
+            estimate = inference_weights(arch, generator.dtype, eight_bit["generator"], "generator")
+            # One path per problem in flight is batched for generation; a cached tree also keeps
+            # every node's keys and values, up to a full tree per problem.
+            estimate.add("generator kv cache", kv_cache_bytes(arch, problems, path_tokens))
+            if cached:
+                estimate.add("search tree kv cache", kv_cache_bytes(arch, problems, tree_tokens))
+            estimate.add("generator workspace", forward_workspace_bytes(arch, problems * step_tokens))
+            return estimate
+        return estimate_for
 
     def scorer_side(eight_bit, problems):
         arch = archs["rewardModel"]
@@ -288,8 +297,14 @@ def _plan_rl(context: _Context, archs: dict[str, Architecture]) -> StagePlan | N
             policy.hidden_size, policy.layers, archs["generator"].hidden, problems * stage.pgts.max_nodes))
         return estimate
 
-    return _place_two_sides(context, "rl", stage, generator_side, scorer_side,
-                            _halvings(stage.pgts.search_batch), trains=["policy"], with_policy=True)
+    # The cache saves re-encoding paths, but a larger search batch saves more: keep the cache only
+    # when it costs no batch.
+    plans = [(cached, _place_two_sides(context, "rl", stage, generator_side(cached), scorer_side,
+                                       _halvings(stage.pgts.search_batch), trains=["policy"], with_policy=True))
+             for cached in ([True, False] if stage.pgts.cache_kv else [False])]
+    cached, best = max(((cached, plan) for cached, plan in plans if plan is not None),
+                       key=lambda option: (option[1].batch_size, option[0]), default=(False, None))
+    return replace(best, kv_cache=cached) if best else None
 
 
 def _place_two_sides(context, name, stage, first, second, batches, trains, with_policy) -> StagePlan | None:

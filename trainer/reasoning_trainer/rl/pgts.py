@@ -20,6 +20,7 @@ from ..checkpoints import StopRequest, atomic_dir, is_complete
 from ..data.sources import load_problems
 from ..job import StageJob
 from ..metrics import StageMetrics
+from ..schema.stages import PgtsSpec
 from ..stage_result import StageResult
 from ..training import StageInterrupted
 from .policy import TreePolicy, encode
@@ -47,7 +48,7 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         rng = random.Random(iteration)  # a resumed run draws the problems it would have drawn
         batch = [problems[rng.randrange(len(problems))] for _ in range(rl.problems_per_iteration)]
         seeds = [iteration * 1_000_033 + number for number in range(len(batch))]
-        episodes, found = timed_search(searcher, rl.pgts, batch, seeds)
+        episodes, found = timed_search(searcher, planned_limits(job), batch, seeds)
         losses = update(policy, optimizer, episodes, job)
         record = {
             "iteration": iteration + 1, "accuracy": sum(e.correct for e in episodes) / len(episodes),
@@ -84,8 +85,20 @@ def held_out_accuracy(searcher: SearchModels, job: StageJob, problems) -> float 
     if not problems:
         return None
     seeds = [HELD_OUT_SEED + number for number in range(len(problems))]
-    episodes, _ = timed_search(searcher, job.spec.stages.rl.pgts, problems, seeds, greedy_actions=True)
+    episodes, _ = timed_search(searcher, planned_limits(job), problems, seeds, greedy_actions=True)
     return sum(e.correct for e in episodes) / len(episodes)
+
+
+def planned_limits(job: StageJob) -> PgtsSpec:
+    """The spec's search limits with what the planner fitted into GPU memory: the search batch (it
+    halves the spec's when the models, the trees and the policy would not fit) and whether the
+    trees keep their keys and values (not when that would cost search batch)."""
+    limits = job.spec.stages.rl.pgts
+    planned = job.plan["stages"].get("rl", {})
+    if job.spec.stages.rl.algorithm != "pgts" or not planned.get("batch_size"):
+        return limits
+    return limits.model_copy(update={"search_batch": min(planned["batch_size"], limits.search_batch),
+                                     "cache_kv": limits.cache_kv and planned.get("kv_cache") is not False})
 
 
 def update(policy: TreePolicy, optimizer, episodes: list[Episode], job: StageJob) -> dict[str, float]:

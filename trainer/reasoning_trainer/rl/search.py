@@ -4,6 +4,10 @@ Each round, the policy picks one action per unfinished tree (one batched forward
 EXPAND and BRANCH of the round becomes one batched ``generate`` call for the new steps, one
 batched PRM pass that scores them, and one batched forward that reads the new nodes' features.
 
+Every node keeps the generator's keys and values of its own tokens (the root: the prompt's).
+A path's cache is its nodes' pieces laid end to end, so a new step is generated, and its feature
+read, by running only the step's tokens: the path is never encoded twice (``pgts.cacheKv``).
+
 Every tree draws its randomness (action choices and token sampling, both by the Gumbel-max
 trick) from its own generator seeded per problem, and only while it is unfinished, so a
 problem's tree is the same whether it is searched alone or in a batch.
@@ -15,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+import torch.nn.functional as F
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .. import prm
 from ..data.problems import FINAL_MARK, Problem, answers_match, extract_number
@@ -23,6 +28,10 @@ from ..generation import left_padded, prompt_ids
 from ..schema.stages import PgtsSpec
 from .policy import TreePolicy, encode
 from .tree import BACKTRACK, TERMINATE, Tree, TreeState
+
+
+# One (keys, values) pair per generator layer, each [1, kv heads, tokens, head dim].
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -42,6 +51,8 @@ class Episode:
     answer: str | None = None
     correct: bool = False
     tokens: int = 0
+    # Node index -> the generator's (keys, values) per layer for that node's own tokens.
+    kv: dict[int, KeysValues] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -73,9 +84,12 @@ def search(models: SearchModels, pgts: PgtsSpec, problems: list[Problem], seeds:
     """Search every problem's tree to its end; rewards are recorded on each decision."""
     rngs = [torch.Generator().manual_seed(seed) for seed in seeds]
     prompts = [models.prompt(p.question) for p in problems]
-    roots = _features(models.generator, prompts)
+    roots, prompt_kv = _extend(models.generator, None, prompts)
     episodes = [Episode(p, Tree.start(p.question, root, pgts.max_depth, pgts.max_nodes))
                 for p, root in zip(problems, roots)]
+    if pgts.cache_kv:
+        for episode, kv in zip(episodes, prompt_kv):
+            episode.kv[0] = kv
     max_actions = 2 * pgts.max_nodes
     models.policy.eval()  # dropout off while acting
     while active := [i for i, e in enumerate(episodes) if not e.tree.done]:
@@ -142,26 +156,33 @@ def _grow(models: SearchModels, pgts: PgtsSpec, episodes: list[Episode], request
         return
     separator = models.separator
     prefixes = [_prefix(models, episodes[i].tree, parent) for i, parent in requests]
-    texts, tokens = _generate_steps(models, prefixes, [rngs[i] for i, _ in requests], pgts.temperature)
-    made = [(i, parent, text, step, prefix)
-            for (i, parent), text, step, prefix in zip(requests, texts, tokens, prefixes) if text]
+    paths = [_path_kv(episodes[i], parent) for i, parent in requests] if pgts.cache_kv else None
+    texts, tokens = _generate_steps(models, prefixes, paths, [rngs[i] for i, _ in requests], pgts.temperature)
+    made = [(i, parent, text, step, prefix, paths[row] if paths else None)
+            for row, ((i, parent), text, step, prefix) in enumerate(zip(requests, texts, tokens, prefixes)) if text]
     for (i, _), text, step in zip(requests, texts, tokens):
         episodes[i].tokens += len(step)
         if not text:  # the generator ended without writing a step: nothing to add
             episodes[i].decisions[-1].reward += pgts.rewards.invalid_action
     if not made:
         return
-    solutions = [(episodes[i].tree.question, episodes[i].tree.steps(parent) + [text]) for i, parent, text, _, _ in made]
+    solutions = [(episodes[i].tree.question, episodes[i].tree.steps(parent) + [text]) for i, parent, text, *_ in made]
     scores = prm.score(models.reward_model, models.prm_tokenizer, solutions, separator, len(solutions), 4096)
-    features = _features(models.generator, [prefix + step for _, _, _, step, prefix in made])
+    if pgts.cache_kv:
+        features, step_kv = _extend(models.generator, [path for *_, path in made], [step for _, _, _, step, _, _ in made])
+    else:
+        features, step_kv = _extend(models.generator, None, [prefix + step for _, _, _, step, prefix, _ in made])
     rewards = pgts.rewards
-    for (i, parent, text, step, _), step_scores, feature in zip(made, scores, features):
+    for (i, parent, text, step, _, _), step_scores, feature, kv in zip(made, scores, features, step_kv):
         score = step_scores[-1] if step_scores else 0.0
-        episodes[i].tree.add_step(parent, text, score, feature, tuple(step))
+        child = episodes[i].tree.add_step(parent, text, score, feature, tuple(step))
+        if pgts.cache_kv:
+            episodes[i].kv[child] = kv
         episodes[i].decisions[-1].reward += rewards.prm_weight * rewards.prm_scale * score
 
 
 def _settle(episode: Episode, pgts: PgtsSpec) -> None:
+    episode.kv.clear()  # a finished tree grows no more steps: give its cache's memory back
     episode.answer = episode.tree.final_answer()
     episode.correct = answers_match(episode.answer, episode.problem.answer)
     outcome = pgts.rewards.correct if episode.correct else pgts.rewards.wrong
@@ -173,29 +194,69 @@ def _prefix(models: SearchModels, tree: Tree, parent: int) -> list[int]:
     return models.prompt(tree.question) + tree.tokens(parent)
 
 
+def _path_kv(episode: Episode, node: int) -> KeysValues:
+    """The cache of the prompt and every step down to ``node``: its nodes' pieces end to end."""
+    pieces = [episode.kv[index] for index in [0, *episode.tree.path(node)]]
+    return [(torch.cat([piece[layer][0] for piece in pieces], dim=2),
+             torch.cat([piece[layer][1] for piece in pieces], dim=2)) for layer in range(len(pieces[0]))]
+
+
+def _batched_cache(paths: list[KeysValues], width: int, model) -> DynamicCache:
+    """The paths' caches as one batch, left-padded to ``width`` tokens like the rows' input ids."""
+    def left_pad(tensor: torch.Tensor) -> torch.Tensor:
+        return F.pad(tensor, (0, 0, width - tensor.shape[2], 0))
+
+    layers = [(torch.cat([left_pad(path[layer][0]) for path in paths]),
+               torch.cat([left_pad(path[layer][1]) for path in paths])) for layer in range(len(paths[0]))]
+    return DynamicCache(ddp_cache_data=layers, config=model.config)
+
+
 @torch.no_grad()
-def _features(model, sequences: list[list[int]]) -> list[torch.Tensor]:
-    """The last layer's hidden state at each sequence's last token (fp32, on the CPU)."""
+def _extend(model, paths: list[KeysValues] | None, sequences: list[list[int]]) -> tuple[list[torch.Tensor], list[KeysValues]]:
+    """Run each sequence after its path's cache (none: from the start). Returns the last layer's
+    hidden state at each sequence's last token (the new node's feature, fp32 on the CPU) and the
+    keys and values of the sequence's own tokens (the new node's piece of the cache)."""
     device = next(model.parameters()).device
-    ids, mask = left_padded(sequences, 0)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    past = [path[0][0].shape[2] for path in paths] if paths else [0] * len(sequences)
+    width, length = max(past), max(len(sequence) for sequence in sequences)
+    ids = torch.zeros((len(sequences), length), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width + length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        # The new tokens are right-padded after the (left-padded) path, so every row's tokens sit
+        # in the same columns of the returned cache.
+        ids[row, :len(sequence)] = torch.tensor(sequence)
+        mask[row, width - past[row]:width + len(sequence)] = 1
+    positions = torch.tensor(past)[:, None] + torch.arange(length)[None]
+    cache = _batched_cache(paths, width, model) if paths else DynamicCache(config=model.config)
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                output_hidden_states=True)
-    return list(out.hidden_states[-1][:, -1].float().cpu())
+                past_key_values=cache, use_cache=True, output_hidden_states=True)
+    hidden = out.hidden_states[-1]
+    features = [hidden[row, len(sequence) - 1].float().cpu() for row, sequence in enumerate(sequences)]
+    pieces = [[(layer.keys[row:row + 1, :, width:width + len(sequence)].clone(),
+                layer.values[row:row + 1, :, width:width + len(sequence)].clone())
+               for layer in out.past_key_values.layers] for row, sequence in enumerate(sequences)]
+    return features, pieces
 
 
 @torch.no_grad()
-def _generate_steps(models: SearchModels, prefixes: list[list[int]], rngs: list[torch.Generator],
-                    temperature: float) -> tuple[list[str], list[list[int]]]:
+def _generate_steps(models: SearchModels, prefixes: list[list[int]], paths: list[KeysValues] | None,
+                    rngs: list[torch.Generator], temperature: float) -> tuple[list[str], list[list[int]]]:
     """One reasoning step per prefix: its text without the separator ("" when none) and the tokens
-    drawn for it, up to and including the separator or end of turn."""
+    drawn for it, up to and including the separator or end of turn. With the prefixes' cached
+    ``paths``, only each prefix's last token is run again (to get the next token's scores)."""
     tokenizer, model = models.tokenizer, models.generator
     device = next(model.parameters()).device
     ids, mask = left_padded(prefixes, tokenizer.pad_token_id)
     stop = _StepEnd(tokenizer, models.separator, ids.shape[1])
     sampler = _RowSampler(rngs, temperature, stop)
-    output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                            max_new_tokens=models.max_step_tokens, logits_processor=LogitsProcessorList([sampler]),
+    cache = None
+    if paths:
+        # Left-padded to one token less than the ids: the cache ends where each row's last token begins.
+        cache = _batched_cache([[(k[:, :, :-1], v[:, :, :-1]) for k, v in path] for path in paths],
+                               ids.shape[1] - 1, model)
+    output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache,
+                            do_sample=False, max_new_tokens=models.max_step_tokens,
+                            logits_processor=LogitsProcessorList([sampler]),
                             stopping_criteria=StoppingCriteriaList([stop]), pad_token_id=tokenizer.pad_token_id,
                             eos_token_id=None, temperature=None, top_p=None, top_k=None)
     texts, tokens = [], []

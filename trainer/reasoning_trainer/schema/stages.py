@@ -101,6 +101,12 @@ class PgtsSpec(SpecModel):
         description="Most problems searched at once (batched generation and PRM scoring across trees); "
                     "the planner lowers it when memory is short.",
     )
+    cache_kv: bool = Field(
+        True,
+        description="Keep each search node's keys and values on the generator's device, so that a new step "
+                    "continues its path without re-encoding it. The planner keeps them only where they cost no "
+                    "search batch on these GPUs; false always re-encodes paths.",
+    )
     rewards: PgtsRewardsSpec = Field(default_factory=PgtsRewardsSpec)
 
     @model_validator(mode="after")
