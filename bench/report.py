@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -35,10 +36,11 @@ def machine() -> str:
 def run(script: str) -> str:
     started = time.monotonic()
     result = subprocess.run([sys.executable, str(HERE / script)], capture_output=True, text=True)
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    # Blank lines separate a script's tables; runs of them collapse to one.
+    output = re.sub(r"\n\s*\n", "\n\n", result.stdout.strip())
     status = "" if result.returncode == 0 else f"\n\nFAILED (exit {result.returncode}):\n\n    " + \
         "\n    ".join(result.stderr.strip().splitlines()[-15:])
-    return f"### `{script}` ({time.monotonic() - started:.0f} s)\n\n" + "\n".join(lines) + status
+    return f"### `{script}` ({time.monotonic() - started:.0f} s)\n\n" + output + status
 
 
 def section(bodies: list[str]) -> str:

@@ -80,9 +80,13 @@ def queries() -> dict[str, dict[str, list[Query]]]:
         "Training": {
             "Loss": [Query(f"{metric('rto_loss')}{{{STAGE}}}", "{{run}} {{stage}} {{role}}")],
             "Reward": [Query(f"{metric('rto_reward')}{{{STAGE}}}", "{{run}} {{stage}} {{role}}")],
-            "Accuracy during training": [Query(
-                f"max by ({BY_STAGE}, benchmark) ({metric('rto_accuracy_ratio')}{{{STAGE}, metric=\"train\"}})",
-                "{{run}} {{stage}} {{benchmark}}")],
+            # Accuracy against the stage's progress: both are ratios on one axis.
+            "Accuracy during training": [
+                Query(f"max by ({BY_STAGE}, benchmark) ({metric('rto_accuracy_ratio')}{{{STAGE}, metric=\"train\"}})",
+                      "accuracy {{run}} {{stage}} {{benchmark}}"),
+                Query(f"max by ({BY_STAGE}) ({metric('rto_stage_progress_ratio')}{{{STAGE}}})",
+                      "progress {{run}} {{stage}}"),
+            ],
             "Accuracy by benchmark and method": [Query(
                 f"max by (run, benchmark, metric) (max_over_time({metric('rto_accuracy_ratio')}"
                 f"{{{RUN}, metric!=\"train\"}}[$__range]))", "{{run}} {{benchmark}} {{metric}}")],

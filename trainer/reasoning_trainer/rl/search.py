@@ -166,10 +166,12 @@ def _grow(models: SearchModels, pgts: PgtsSpec, episodes: list[Episode], request
             episodes[i].decisions[-1].reward += pgts.rewards.invalid_action
     if not made:
         return
-    solutions = [(episodes[i].tree.question, episodes[i].tree.steps(parent) + [text]) for i, parent, text, *_ in made]
+    solutions = [(episodes[i].tree.question, episodes[i].tree.steps(parent) + [text])
+                 for i, parent, text, *_ in made]
     scores = prm.score(models.reward_model, models.prm_tokenizer, solutions, separator, len(solutions), 4096)
-    if pgts.cache_kv:
-        features, step_kv = _extend(models.generator, [path for *_, path in made], [step for _, _, _, step, _, _ in made])
+    if pgts.cache_kv:  # only the new steps' tokens run, after their paths' caches
+        features, step_kv = _extend(models.generator, [path for *_, path in made],
+                                    [step for _, _, _, step, _, _ in made])
     else:
         features, step_kv = _extend(models.generator, None, [prefix + step for _, _, _, step, prefix, _ in made])
     rewards = pgts.rewards
@@ -212,7 +214,8 @@ def _batched_cache(paths: list[KeysValues], width: int, model) -> DynamicCache:
 
 
 @torch.no_grad()
-def _extend(model, paths: list[KeysValues] | None, sequences: list[list[int]]) -> tuple[list[torch.Tensor], list[KeysValues]]:
+def _extend(model, paths: list[KeysValues] | None,
+            sequences: list[list[int]]) -> tuple[list[torch.Tensor], list[KeysValues]]:
     """Run each sequence after its path's cache (none: from the start). Returns the last layer's
     hidden state at each sequence's last token (the new node's feature, fp32 on the CPU) and the
     keys and values of the sequence's own tokens (the new node's piece of the cache)."""
