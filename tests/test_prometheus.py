@@ -138,7 +138,7 @@ def gpu_standin(monkeypatch) -> int:
     return trainer_metrics.StageMetrics("small", "tests", "rl").serve(free_port())
 
 
-async def drive_operator(cluster: Cluster) -> None:
+async def drive_operator(cluster: Cluster, operator: Operator) -> None:
     """A run in training (reconciled on every resync), one whose rl stage fails after sft succeeded,
     and one whose stored status is corrupt."""
     storage = {"storage": {"size": "10Gi"}}
@@ -153,9 +153,15 @@ async def drive_operator(cluster: Cluster) -> None:
     await eventually(lambda: cluster.status("watched").get("phase") == "Failed")
     await cluster.apply(resource({**storage, "preset": "fast"}, "corrupt"))
     await eventually(lambda: cluster.jobs().get("corrupt-sft"))
-    # A hand-edited status the operator cannot read: every pass fails and is counted.
-    cluster.emulator.objects[RUNS, cluster.namespace, "corrupt"].patch(
-        {"status": {"stages": {"sft": {"phase": "Exploded"}}}})
+    # A hand-edited status the operator cannot read: every pass fails and is counted. A pass already
+    # under way may write its status over the edit, so edit again until a failure is counted.
+    def corrupted_and_counted():
+        cluster.emulator.objects[RUNS, cluster.namespace, "corrupt"].patch(
+            {"status": {"stages": {"sft": {"phase": "Exploded"}}}})
+        return operator.memo.operator.metrics.registry.get_sample_value(
+            "rto_operator_reconcile_errors_total", {"error": "ValidationError"})
+
+    await eventually(corrupted_and_counted)
 
 
 def run_trainer(plan: Path, port: int) -> None:
@@ -192,7 +198,7 @@ async def test_every_dashboard_query_and_alert_rule_returns_data_from_live_targe
     await operator.start()
     try:
         await eventually(prometheus.ready, timeout=60)
-        await drive_operator(cluster)
+        await drive_operator(cluster, operator)
         await asyncio.to_thread(run_trainer, plan_file(STAGES), trainer_port)
         await asyncio.sleep(3)  # the last scrape and rule evaluation
         end = time.time()
