@@ -88,11 +88,16 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         listing = await super()._serve_list(request)
         selector = (request.params or {}).get("labelSelector")
         if selector:
-            wanted = dict(part.split("=", 1) for part in selector.split(","))
+            # "key=value" or "key" (the label exists), joined by commas
+            wanted = [(part.split("=", 1) + [None])[:2] for part in selector.split(",")]
             listing["items"] = [item for item in listing["items"]
-                                if all(item.get("metadata", {}).get("labels", {}).get(key) == value
-                                       for key, value in wanted.items())]
+                                if all(_label_matches(item.get("metadata", {}).get("labels") or {}, key, value)
+                                       for key, value in wanted)]
         return listing
+
+
+def _label_matches(labels: dict[str, str], key: str, value: str | None) -> bool:
+    return key in labels if value is None else labels.get(key) == value
 
 
 @attrs.frozen
@@ -154,7 +159,7 @@ class Cluster:
         job = self.jobs()[job_name]
         name = f"{job_name}-{index}-{uuid.uuid4().hex[:5]}"
         template = job["spec"]["template"]
-        self.emulator.objects[PODS, self.namespace, name] = {
+        self.emulator.objects[PODS, self.namespace, name] = pod = {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": self.namespace, "uid": str(uuid.uuid4()),
                          "creationTimestamp": _now(),
@@ -164,6 +169,7 @@ class Cluster:
             "spec": copy.deepcopy(template["spec"]),
             "status": {"phase": phase, **status},
         }
+        self._publish(PODS, "ADDED", pod)
         self._job_status(job_name, {"startTime": job.get("status", {}).get("startTime") or _now(),
                                     "active": 1})
         return name
@@ -171,7 +177,7 @@ class Cluster:
     def finish_pod(self, pod: str, exit_code: int, message: str, reason: str = "") -> None:
         terminated = {"exitCode": exit_code, "message": message,
                       "reason": reason or ("Completed" if exit_code == 0 else "Error")}
-        self.emulator.objects[PODS, self.namespace, pod].patch({"status": {
+        self.patch_object(PODS, pod, {"status": {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
             "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}})
 
@@ -189,7 +195,24 @@ class Cluster:
              "backoff limit", "lastTransitionTime": _now()}]})
 
     def _job_status(self, job_name: str, status: dict[str, Any]) -> None:
-        self.emulator.objects[JOBS, self.namespace, job_name].patch({"status": status})
+        self.patch_object(JOBS, job_name, {"status": status})
+
+    # ---- any controller: changes made in the store, announced on the watch streams as the API server would
+
+    def patch_object(self, resource, name: str, patch: dict[str, Any]) -> None:
+        stored = self.emulator.objects[resource, self.namespace, name]
+        stored.patch(patch)
+        self._publish(resource, "MODIFIED", stored.raw)
+
+    def delete_object(self, resource, name: str) -> None:
+        stored = self.emulator.objects[resource, self.namespace, name]
+        last = stored.raw
+        stored.delete()
+        self._publish(resource, "DELETED", last)
+
+    def _publish(self, resource, type: str, raw: dict[str, Any]) -> None:
+        event = {"type": type, "object": copy.deepcopy(raw)}
+        asyncio.get_running_loop().create_task(self.emulator._buses[resource].put(event))
 
     async def _call(self, method: str, path: str, body: Any, content_type: str = "application/json") -> None:
         async with aiohttp.ClientSession() as session:

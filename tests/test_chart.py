@@ -103,8 +103,11 @@ OPERATOR_CALLS = [
     ("reasoning.dev", "reasoningtrainings", verb) for verb in ("get", "list", "watch", "patch")
 ] + [
     ("reasoning.dev", "reasoningtrainings/status", "patch"), ("batch", "jobs", "list"), ("", "pods", "list"),
+    ("batch", "jobs", "watch"), ("", "pods", "watch"), ("batch", "jobs", "get"),
     ("batch", "jobs", "create"), ("batch", "jobs", "delete"), ("", "configmaps", "create"),
     ("", "services", "create"), ("", "persistentvolumeclaims", "create"), ("", "events", "create"),
+    ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
 ]
 
 
@@ -122,7 +125,10 @@ def test_watching_listed_namespaces_binds_roles_there_and_nothing_cluster_wide()
     documents = render({"watchNamespaces": ["ml-team", "research"]})
     found = kinds(documents)
     assert "ClusterRole" not in found and "ClusterRoleBinding" not in found
-    assert sorted(role["metadata"]["namespace"] for role in found["Role"]) == ["ml-team", "research"]
+    watching = [role for role in found["Role"] if not role["metadata"]["name"].endswith("-leader-election")]
+    assert sorted(role["metadata"]["namespace"] for role in watching) == ["ml-team", "research"]
+    election = [role for role in found["Role"] if role["metadata"]["name"].endswith("-leader-election")]
+    assert [role["metadata"]["namespace"] for role in election] == [release.NAMESPACE]
     binding = found["RoleBinding"][0]
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "reasoning-operator",
                                       "namespace": release.NAMESPACE}
@@ -131,10 +137,13 @@ def test_watching_listed_namespaces_binds_roles_there_and_nothing_cluster_wide()
     assert "--all-namespaces" in kinds(render())["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
-def test_operator_deployment_is_hardened_single_and_configured_from_values():
-    deployment = kinds(render({"trainer": {"image": {"repository": "registry.local/trainer", "tag": "v2"}}}))[
-        "Deployment"][0]
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+def test_operator_deployment_is_hardened_elects_a_leader_and_is_configured_from_values():
+    deployment = kinds(render({"trainer": {"image": {"repository": "registry.local/trainer", "tag": "v2"}},
+                               "replicas": 2}))["Deployment"][0]
+    assert deployment["spec"]["replicas"] == 2
+    assert kinds(render())["Deployment"][0]["spec"]["replicas"] == 1
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--standalone" not in args, "replicas must elect a leader"
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     container = pod["containers"][0]
@@ -143,7 +152,9 @@ def test_operator_deployment_is_hardened_single_and_configured_from_values():
     assert security["capabilities"]["drop"] == ["ALL"]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item["value"] if "value" in item else item["valueFrom"]["fieldRef"]["fieldPath"]
+           for item in container["env"]}
+    assert (env["POD_NAME"], env["POD_NAMESPACE"]) == ("metadata.name", "metadata.namespace")
     assert env["RTO_TRAINER_IMAGE"] == "registry.local/trainer:v2"
     assert env["RTO_METRICS_LINGER_SECONDS"] == "45"
     # The operator reads every RTO_* variable the chart sets.

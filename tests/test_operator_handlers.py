@@ -245,7 +245,7 @@ async def test_image_pull_errors_and_unschedulable_pods_surface_as_conditions(cl
     assert progressing["status"] == "False" and "nope:1" in progressing["message"]
     pull_errors = await eventually(lambda: events(cluster, "ImagePullBackOff"))
     assert pull_errors[0]["type"] == "Warning"
-    cluster.emulator.objects[PODS, "default", pod].patch(
+    cluster.patch_object(PODS, pod,
         {"status": {"containerStatuses": None, "conditions": [
             {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
              "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
@@ -276,7 +276,7 @@ async def test_a_finished_job_removed_by_its_ttl_is_not_rerun(cluster, operator)
     await eventually(lambda: cluster.jobs().get("ttl-sft"))
     await finish_stage(cluster, "ttl-sft")
     await eventually(lambda: cluster.jobs().get("ttl-rl"))
-    cluster.emulator.objects[JOBS, "default", "ttl-sft"].delete()
+    cluster.delete_object(JOBS, "ttl-sft")
     await asyncio.sleep(0.6)
     assert cluster.job_creations("ttl-sft") == 1
     assert cluster.status("ttl")["stages"]["sft"]["phase"] == "Succeeded"
@@ -293,7 +293,7 @@ async def test_operator_metrics_count_runs_by_phase_and_stage_transitions(cluste
     transition = {"namespace": "default", "run": "counted", "stage": "sft", "phase": "Succeeded"}
     assert registry.get_sample_value("rto_operator_stage_transitions_total", transition) == 1
     assert registry.get_sample_value("rto_operator_stage_duration_seconds_count", {"stage": "sft"}) == 1
-    assert registry.get_sample_value("rto_operator_handler_duration_seconds_count", {"handler": "resync"}) > 0
+    assert registry.get_sample_value("rto_operator_handler_duration_seconds_count", {"handler": "reconcile"}) > 0
 
 
 def test_the_webhook_rejects_what_the_reconciler_would_with_the_field_path():

@@ -156,8 +156,7 @@ async def drive_operator(cluster: Cluster, operator: Operator) -> None:
     # A hand-edited status the operator cannot read: every pass fails and is counted. A pass already
     # under way may write its status over the edit, so edit again until a failure is counted.
     def corrupted_and_counted():
-        cluster.emulator.objects[RUNS, cluster.namespace, "corrupt"].patch(
-            {"status": {"stages": {"sft": {"phase": "Exploded"}}}})
+        cluster.patch_object(RUNS, "corrupt", {"status": {"stages": {"sft": {"phase": "Exploded"}}}})
         return operator.memo.operator.metrics.registry.get_sample_value(
             "rto_operator_reconcile_errors_total", {"error": "ValidationError"})
 

@@ -14,8 +14,11 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/reasoning-operator/trainer:0.1.0"
 @dataclass(frozen=True)
 class OperatorConfig:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
-    # Seconds between level-triggered passes over every run (each pass reads Jobs and Pods afresh).
-    resync_seconds: float = 10.0
+    # Seconds between the safety-net passes over every run. Watches drive the passes; a resync
+    # reads only the operator's cache, so an idle run costs no API request.
+    resync_seconds: float = 30.0
+    # Runs reconciled at once (each pass of one run waits for API calls most of its time).
+    workers: int = 16
     # A stage pod that stays unschedulable this long is reported in the run's conditions.
     stuck_after_seconds: float = 600.0
     # Time a stage pod gets after SIGTERM to write a checkpoint (the trainer saves, then exits 143).

@@ -141,7 +141,8 @@ def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], i
         # Kueue admits a Job by unsuspending it.
         "suspend": bool(spec.queue_name),
         "template": {
-            "metadata": {"labels": run.labels(stage), "annotations": dict(metadata["annotations"])},
+            "metadata": {"labels": {**spec.pod_labels, **run.labels(stage)},
+                         "annotations": {**spec.pod_annotations, **metadata["annotations"]}},
             "spec": _pod_spec(run, spec, stage, stage_plan, gpus_per_node, image, config),
         },
     }

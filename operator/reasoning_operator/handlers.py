@@ -1,14 +1,21 @@
 """kopf handlers: a few lines each around the pure core.
 
-Every handler runs the same level-triggered reconcile: read the run and its Jobs and Pods
-afresh, let ``admission`` and ``progress`` decide, create or remove at most one stage's
-children, patch the status, post the events. Create, update and resume react at once; a
-timer repeats the pass every ``resyncSeconds`` to follow the Jobs.
+Three watches (runs, and the Jobs and Pods labelled with a run) fill the ``Cache`` and queue the
+run each event concerns; workers take runs off the ``WorkQueue`` and reconcile them. A pass reads
+the run, its Jobs and its Pods from the cache, lets ``admission`` and ``progress`` decide, creates
+or removes at most one stage's children, patches the status (only if it changed, and only if the
+run did not change meanwhile), then posts the events. A Job that finishes queues its run at once,
+so the next stage starts within a moment; a timer queues every run each ``resyncSeconds`` as a
+safety net, which costs no API request for a run that did not change.
+
+Only watch events are used (no kopf create/update handlers): kopf then keeps no bookkeeping
+annotations and no finalizer on the runs, so deleting a run never waits for the operator.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,14 +27,21 @@ from prometheus_client import start_http_server
 
 from reasoning_trainer.schema import GROUP, PLURAL, VERSION
 
-from .admission import Rejected, admit
+from .admission import Admitted, Rejected, admit
+from .cache import Cache, RunKey, WorkQueue, run_key
 from .config import OperatorConfig
 from .desired import RUN_LABEL, STAGE_LABEL, Run, job_name, stage_children, volume_claim
-from .kube import Kube
+from .kube import ApiError, Kube
 from .metrics import OperatorMetrics
 from .progress import Decision, Observed, decide, load_status, rejected
 
 log = logging.getLogger(__name__)
+
+WEBHOOK_ID = "validate"
+# Finalizer of operator versions that used kopf's create/update handlers; removed from runs on sight.
+LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+# Back-off of a run whose pass failed (API refusal, network): doubling up to the cap.
+RETRY_SECONDS, RETRY_CAP_SECONDS = 1.0, 300.0
 
 
 @dataclass
@@ -37,10 +51,12 @@ class Operator:
     config: OperatorConfig
     kube: Kube
     metrics: OperatorMetrics
-    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-
-    def lock(self, run: Run) -> asyncio.Lock:
-        return self.locks.setdefault((run.namespace, run.name), asyncio.Lock())
+    cache: Cache = field(default_factory=Cache)
+    queue: WorkQueue = field(default_factory=WorkQueue)
+    failures: dict[RunKey, int] = field(default_factory=dict)
+    # admission is pure in the spec: keep its verdict per (uid, generation) instead of re-planning every pass
+    admitted: dict[tuple[str, int], Admitted | Rejected] = field(default_factory=dict)
+    tasks: list[asyncio.Task] = field(default_factory=list)
 
 
 def credentials(settings: kopf.OperatorSettings, logger, memo: kopf.Memo) -> kopf.ConnectionInfo | None:
@@ -49,9 +65,6 @@ def credentials(settings: kopf.OperatorSettings, logger, memo: kopf.Memo) -> kop
         return memo["connection"]
     return (kopf.login_with_service_account(settings=settings, logger=logger)
             or kopf.login_via_client(settings=settings, logger=logger))
-
-
-WEBHOOK_ID = "validate"
 
 
 def build_registry(config: OperatorConfig, webhook: bool = False,
@@ -65,39 +78,45 @@ def build_registry(config: OperatorConfig, webhook: bool = False,
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, logger, memo: kopf.Memo, **_):
-        # kopf keeps its own bookkeeping in annotations under our group; the CRD's status schema is ours.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration")
-        settings.posting.reporting_component = "reasoning-operator"
-        settings.posting.level = logging.WARNING  # our events are posted explicitly, not from logs
+        settings.posting.enabled = False  # our events are posted explicitly (Kube.post_event), not from logs
+        # The API server sends only the run's children, not every Job and Pod of the namespace.
+        settings.watching.label_selectors["batch", "jobs"] = RUN_LABEL
+        settings.watching.label_selectors["", "pods"] = RUN_LABEL
         connection = credentials(settings, logger, memo)
-        memo.operator = Operator(config, Kube(connection, lambda: credentials(settings, logger, memo)),
-                                 OperatorMetrics())
+        operator = memo.operator = Operator(config, Kube(connection, lambda: credentials(settings, logger, memo)),
+                                            OperatorMetrics())
         if config.metrics_port:
-            start_http_server(config.metrics_port, registry=memo.operator.metrics.registry)
+            start_http_server(config.metrics_port, registry=operator.metrics.registry)
+        operator.tasks = [asyncio.create_task(work(operator)) for _ in range(config.workers)]
+        operator.tasks.append(asyncio.create_task(resync(operator)))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_):
+        for task in memo.operator.tasks:
+            task.cancel()
+        await asyncio.gather(*memo.operator.tasks, return_exceptions=True)
         await memo.operator.kube.close()
 
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, registry=registry)
-    @kopf.on.resume(*resource, registry=registry)
-    async def changed(body, memo, **_):
-        await reconcile(memo.operator, body, "change")
+    @kopf.on.event(*resource, registry=registry)
+    def run_event(type, body, memo, **_):
+        operator: Operator = memo.operator
+        deleted = type == "DELETED"
+        operator.cache.store_run(dict(body), deleted=deleted)
+        key = run_key(body)
+        if deleted:
+            # The Jobs, ConfigMaps, Services and the created claim go with the run (ownerReferences).
+            operator.metrics.forget(*key)
+            operator.failures.pop(key, None)
+        else:
+            operator.queue.add(key)
 
-    # Finished runs need no polling: a spec change (enabling another stage) arrives as an update.
-    @kopf.timer(*resource, interval=config.resync_seconds, when=_unfinished, registry=registry)
-    async def resync(body, memo, **_):
-        await reconcile(memo.operator, body, "resync")
+    @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
+    def job_event(type, body, memo, **_):
+        child_event(memo.operator, "Job", type, body)
 
-    @kopf.on.delete(*resource, optional=True, registry=registry)
-    async def deleted(body, memo, **_):
-        # The Jobs, ConfigMaps, Services and the created claim go with the run (ownerReferences).
-        run = Run.from_body(body)
-        memo.operator.metrics.forget(run.namespace, run.name)
-        memo.operator.locks.pop((run.namespace, run.name), None)
+    @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT}, registry=registry)
+    def pod_event(type, body, memo, **_):
+        child_event(memo.operator, "Pod", type, body)
 
     if webhook:
         # Served at /validate, the path the chart's ValidatingWebhookConfiguration calls.
@@ -109,6 +128,13 @@ def build_registry(config: OperatorConfig, webhook: bool = False,
     return registry
 
 
+def child_event(operator: Operator, kind: str, type: str | None, body: kopf.Body) -> None:
+    key = (body["metadata"]["namespace"], body["metadata"]["labels"][RUN_LABEL])
+    operator.cache.store_child(kind, key, dict(body), deleted=type == "DELETED")
+    if key in operator.cache.runs:
+        operator.queue.add(key)
+
+
 def check_admission(body: dict[str, Any]) -> None:
     """The webhook's answer: the same checks the reconciler makes, refused at the API server."""
     try:
@@ -117,55 +143,119 @@ def check_admission(body: dict[str, Any]) -> None:
         raise kopf.AdmissionError(f"{rejection.reason}: {rejection}", code=422) from None
 
 
-async def reconcile(operator: Operator, body: dict[str, Any], handler: str) -> None:
-    run = Run.from_body(body)
-    started = time.perf_counter()
-    async with operator.lock(run):
+async def work(operator: Operator) -> None:
+    """One worker: take a run, reconcile it; on failure, try it again later with back-off."""
+    while True:
+        key = await operator.queue.get()
         try:
-            await _reconcile(operator, run)
-        except Exception as error:
-            operator.metrics.errors.labels(type(error).__name__).inc()
-            raise
+            await reconcile(operator, key)
+        except Exception as error:  # one run's failure must not stop the others
+            failures = operator.failures[key] = operator.failures.get(key, 0) + 1
+            delay = min(RETRY_SECONDS * 2 ** (failures - 1), RETRY_CAP_SECONDS)
+            log.warning("%s/%s: reconcile failed (%s); again in %.0f s", *key, error, delay)
+            operator.queue.add_later(key, delay)
+        else:
+            operator.failures.pop(key, None)
         finally:
-            operator.metrics.handler_duration.labels(handler).observe(time.perf_counter() - started)
+            operator.queue.done(key)
 
 
-async def _reconcile(operator: Operator, run: Run) -> None:
-    kube = operator.kube
-    fresh = await kube.get("ReasoningTraining", run.namespace, run.name)
-    if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-        return
-    stored = fresh.get("status") or {}
-    generation = fresh["metadata"].get("generation", 1)
-    now = datetime.now(timezone.utc)
+async def resync(operator: Operator) -> None:
+    """The safety net behind the watches: every run gets a pass each resync period."""
+    while True:
+        await asyncio.sleep(operator.config.resync_seconds)
+        operator.queue.add_all(list(operator.cache.runs))
+
+
+async def reconcile(operator: Operator, key: RunKey) -> None:
+    started = time.perf_counter()
     try:
-        admitted = admit(fresh)
-    except Rejected as rejection:
-        decision = rejected(generation, stored, rejection.reason, str(rejection), now)
+        await _reconcile(operator, key)
+    except Exception as error:
+        operator.metrics.errors.labels(type(error).__name__).inc()
+        raise
+    finally:
+        operator.metrics.handler_duration.labels("reconcile").observe(time.perf_counter() - started)
+
+
+async def _reconcile(operator: Operator, key: RunKey) -> None:
+    body = operator.cache.runs.get(key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    kube, run = operator.kube, Run.from_body(body)
+    await _drop_legacy_finalizer(kube, body)
+    stored = body.get("status") or {}
+    generation = body["metadata"].get("generation", 1)
+    now = datetime.now(timezone.utc)
+    verdict = _admission(operator, body)
+    if isinstance(verdict, Rejected):
+        decision = rejected(generation, stored, verdict.reason, str(verdict), now)
     else:
-        observed = await observe(kube, run, now)
-        decision = decide(run, generation, admitted.spec, admitted.plan, stored, observed,
+        observed = await observe(operator, run, load_status(stored), now)
+        decision = decide(run, generation, verdict.spec, verdict.plan, stored, observed,
                           operator.config.stuck_after_seconds)
-        await act(operator, run, admitted, decision)
+        await act(operator, run, verdict, decision)
     patch = merge_patch(stored, decision.status_patch())
     if patch:
-        await kube.patch_status("ReasoningTraining", run.namespace, run.name, patch)
+        try:
+            written = await kube.patch_status("ReasoningTraining", run.namespace, run.name, patch,
+                                              body["metadata"].get("resourceVersion"))
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            # The run changed since the cache saw it: read it afresh and decide again.
+            fresh = await kube.get("ReasoningTraining", run.namespace, run.name)
+            if fresh is not None:
+                operator.cache.store_run(fresh)
+            operator.queue.add(key)
+            return
+        operator.cache.store_run(written)
     for event in decision.events:
-        kopf.event(fresh, type=event.type, reason=event.reason, message=event.message)
+        await kube.post_event(body, event.type, event.reason, event.message)
     operator.metrics.observe(run.namespace, run.name, load_status(stored), decision.status)
 
 
-async def observe(kube: Kube, run: Run, now: datetime) -> Observed:
-    """The run's Jobs by stage (only this incarnation's, by owner uid) and each Job's pods."""
-    jobs, pods = await asyncio.gather(kube.list("Job", run.namespace, {RUN_LABEL: run.name}),
-                                      kube.list("Pod", run.namespace, {RUN_LABEL: run.name}))
-    by_stage = {job["metadata"]["labels"][STAGE_LABEL]: job for job in jobs if _owned_by(job, run.uid)}
+def _admission(operator: Operator, body: dict[str, Any]) -> Admitted | Rejected:
+    meta = body["metadata"]
+    key = (meta["uid"], meta.get("generation", 1))
+    if key not in operator.admitted:
+        if len(operator.admitted) > 4 * max(len(operator.cache.runs), 256):
+            operator.admitted.clear()
+        try:
+            operator.admitted[key] = admit(body)
+        except Rejected as rejection:
+            operator.admitted[key] = rejection
+    return operator.admitted[key]
+
+
+async def observe(operator: Operator, run: Run, stored, now: datetime) -> Observed:
+    """The run's Jobs by stage (only this incarnation's, by owner uid) and each Job's pods, from the
+    cache. A Job the status names but the cache lacks is looked up: the cache may not have seen it
+    yet (just created, or the operator just started), or it was deleted."""
+    key = (run.namespace, run.name)
+    cache = operator.cache
+    jobs = {job["metadata"]["labels"][STAGE_LABEL]: job for job in cache.children("Job", key)
+            if _owned_by(job, run.uid)}
+    vanished = {}
+    for stage, status in stored.stages.items():
+        if stage in jobs or not status.job or status.phase not in ("Pending", "Running"):
+            continue
+        found = await operator.kube.get("Job", run.namespace, status.job)
+        if found is not None and _owned_by(found, run.uid):
+            cache.store_child("Job", key, found)
+            jobs[stage] = found
+        else:
+            vanished[stage] = (cache.deleted_jobs.get(key) or {}).get(status.job, {})
+    pods = cache.children("Pod", key)
     pods_by_stage = {stage: [pod for pod in pods if _owned_by(pod, job["metadata"]["uid"])]
-                     for stage, job in by_stage.items()}
-    return Observed(by_stage, pods_by_stage, now)
+                     for stage, job in jobs.items()}
+    for stage, last in vanished.items():
+        uid = (last.get("metadata") or {}).get("uid")
+        pods_by_stage[stage] = [pod for pod in pods if uid and _owned_by(pod, uid)]
+    return Observed(jobs, pods_by_stage, now, vanished)
 
 
-async def act(operator: Operator, run: Run, admitted, decision: Decision) -> None:
+async def act(operator: Operator, run: Run, admitted: Admitted, decision: Decision) -> None:
     kube, spec = operator.kube, admitted.spec
     if decision.create:
         claim = volume_claim(run, spec)
@@ -176,6 +266,16 @@ async def act(operator: Operator, run: Run, admitted, decision: Decision) -> Non
             await kube.create(child)
     if decision.remove:
         await kube.delete("Job", run.namespace, job_name(run.name, decision.remove))
+
+
+async def _drop_legacy_finalizer(kube: Kube, body: dict[str, Any]) -> None:
+    finalizers = body["metadata"].get("finalizers") or []
+    if LEGACY_FINALIZER in finalizers:
+        index = finalizers.index(LEGACY_FINALIZER)
+        with contextlib.suppress(ApiError):  # someone else changed the list first: the next pass retries
+            await kube.patch("ReasoningTraining", body["metadata"]["namespace"], body["metadata"]["name"],
+                             [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": LEGACY_FINALIZER},
+                              {"op": "remove", "path": f"/metadata/finalizers/{index}"}])
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -190,10 +290,6 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         elif value != before:
             patch[key] = value
     return patch
-
-
-def _unfinished(status, **_) -> bool:
-    return (status or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:

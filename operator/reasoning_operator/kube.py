@@ -14,6 +14,7 @@ import logging
 import ssl
 import tempfile
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
@@ -34,7 +35,10 @@ RESOURCES = {
     "Service": ("/api/v1", "services"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "ReasoningTraining": ("/apis/reasoning.dev/v1alpha1", "reasoningtrainings"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "Event": ("/api/v1", "events"),
 }
+EVENT_SOURCE = "reasoning-operator"
 
 
 class ApiError(Exception):
@@ -42,6 +46,8 @@ class ApiError(Exception):
         message = body.get("message") if isinstance(body, dict) else str(body)[:300]
         super().__init__(f"{method} {path}: HTTP {status}: {message}")
         self.status = status
+        self.reason = body.get("reason", "") if isinstance(body, dict) else ""
+        self.message = message
 
 
 def path_of(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
@@ -74,8 +80,10 @@ class Kube:
                 return None
             raise
 
-    async def list(self, kind: str, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        query = {"labelSelector": ",".join(f"{key}={value}" for key, value in selector.items())}
+    async def list(self, kind: str, namespace: str | None, selector: dict[str, str | None]) -> list[dict[str, Any]]:
+        """Objects matching ``selector`` (a None value: the label exists); every namespace when None."""
+        query = {"labelSelector": ",".join(key if value is None else f"{key}={value}"
+                                           for key, value in selector.items())}
         return (await self.request("GET", path_of(kind, namespace), params=query)).get("items", [])
 
     async def create(self, body: dict[str, Any]) -> bool:
@@ -89,9 +97,40 @@ class Kube:
             raise
         return True
 
-    async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        await self.request("PATCH", path_of(kind, namespace, name, "status"), json={"status": status},
-                            content_type="application/merge-patch+json")
+    async def replace(self, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT: refused with 409 when ``metadata.resourceVersion`` is not the stored one."""
+        meta = body["metadata"]
+        return await self.request("PUT", path_of(body["kind"], meta.get("namespace"), meta["name"]), json=body)
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any],
+                           resource_version: str | None = None) -> dict[str, Any]:
+        """A merge patch of the status; with ``resource_version``, refused (409) when the object
+        changed since it was read, so a pass that worked from a stale copy writes nothing."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self.request("PATCH", path_of(kind, namespace, name, "status"), json=body,
+                                  content_type="application/merge-patch+json")
+
+    async def post_event(self, about: dict[str, Any], type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on ``about``, as ``kubectl describe`` and ``kubectl events`` show them."""
+        meta = about["metadata"]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        await self.create({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": about["apiVersion"], "kind": about["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type, "reason": reason, "message": message[:1024],
+            "source": {"component": EVENT_SOURCE}, "reportingComponent": EVENT_SOURCE,
+            "reportingInstance": EVENT_SOURCE, "action": reason,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1})
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: list[dict[str, Any]]) -> dict[str, Any]:
+        """A JSON patch (RFC 6902) of the object."""
+        return await self.request("PATCH", path_of(kind, namespace, name), json=patch,
+                                  content_type="application/json-patch+json")
 
     async def delete(self, kind: str, namespace: str | None, name: str) -> None:
         """Foreground: the Job stays (being deleted) until its pods have stopped, so a successor of the

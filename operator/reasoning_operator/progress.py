@@ -30,6 +30,8 @@ class Observed:
     jobs: dict[str, dict[str, Any]]  # stage -> its Job
     pods: dict[str, list[dict[str, Any]]]  # stage -> its Job's pods
     now: datetime
+    # stage -> the last state seen of its Job, confirmed deleted ({} when never seen)
+    vanished: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,16 @@ def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, obs
         status.stage = stage
         job = observed.jobs.get(stage)
         if current.phase == "Failed":
-            return False, "StageFailed", f"stage {stage} failed: {current.message}"
+            return False, current.reason or "StageFailed", f"stage {stage} failed: {current.message}"
         if spec.suspend:
             return _suspend(stage, current, job, decision)
+        if job is None and stage in observed.vanished and current.phase in ("Pending", "Running"):
+            last = observed.vanished[stage]
+            if _outcome(last) == "Complete":
+                _record_success(current, last, observed.pods.get(stage, []))
+                continue
+            _record_vanished(current, last, observed.pods.get(stage, []))
+            return False, current.reason, f"stage {stage} failed: {current.message}"
         if job is None:
             decision.create = stage
             current.job, current.phase = job_name(run, stage), "Pending"
@@ -116,7 +125,7 @@ def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, obs
             continue
         if outcome == "Failed":
             _record_failure(current, job, pods)
-            return False, "StageFailed", f"stage {stage} failed: {current.message}"
+            return False, current.reason or "StageFailed", f"stage {stage} failed: {current.message}"
         return _running(stage, spec, current, job, pods, observed.now, stuck_after)
     status.stage = None
     return False, "Succeeded", "every stage succeeded"
@@ -205,9 +214,21 @@ def _record_failure(current: StageStatus, job: dict, pods: list[dict]) -> None:
     current.attempts = max(current.attempts, int(job_status.get("failed", 0)))
     pod = _result_pod(pods, "Failed")
     result = _termination_result(pod)
+    current.reason = _job_condition_reason(job) or "StageFailed"
     reason = result.get("reason") or _job_condition_message(job) or "the stage's Job failed"
     current.message = f"{reason} (after {current.attempts} attempt{'s' if current.attempts != 1 else ''})"
     current.completion_time = current.completion_time or _last_condition_time(job)
+
+
+def _record_vanished(current: StageStatus, last: dict, pods: list[dict]) -> None:
+    """The stage's Job is gone: its failure, or a delete before it finished. Never recreated,
+    so a Job that keeps disappearing cannot turn into a loop that holds GPUs."""
+    if _outcome(last) == "Failed":
+        _record_failure(current, last, pods)
+        return
+    current.phase, current.reason = "Failed", "JobDeleted"
+    current.message = (f"Job {current.job} was deleted before the stage finished (kubectl delete, or a "
+                       f"ttlSecondsAfterFinished shorter than the operator's reaction); the stage is not rerun")
 
 
 def _result_pod(pods: list[dict], phase: str) -> dict | None:
@@ -237,6 +258,13 @@ def _termination_result(pod: dict | None) -> dict[str, Any]:
         tail = text.strip().splitlines()[-1][:500] if text.strip() else ""
         return {"reason": f"{kubelet}: {tail}" if tail else kubelet}
     return {}
+
+
+def _job_condition_reason(job: dict) -> str:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return condition.get("reason") or ""
+    return ""
 
 
 def _job_condition_message(job: dict) -> str:

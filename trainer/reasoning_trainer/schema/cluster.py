@@ -90,6 +90,12 @@ class ClusterFields(SpecModel):
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the stage pods require.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the stage pods tolerate.")
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity, as in a PodSpec.")
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels of the stage pods (cost centre, autoscaler hints); "
+                                          "the operator's own labels win on a clash.")
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra annotations of the stage pods (sidecar injection, "
+                                          "cluster-autoscaler safe-to-evict, ...).")
     priority_class_name: str | None = Field(None, description="PriorityClass of the stage pods.")
     scheduler_name: str | None = Field(None, description="Scheduler of the stage pods (volcano, ...).")
     queue_name: str | None = Field(None, description="Kueue LocalQueue; Jobs start suspended for Kueue to admit.")

@@ -69,6 +69,7 @@ class StageStatus(SpecModel):
     accuracy: float | None = None
     checkpoint: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    reason: str = Field("", description="Why the stage failed, CamelCase: BackoffLimitExceeded, JobDeleted, ...")
     message: str = ""
 
 

@@ -1,0 +1,109 @@
+"""What the operator knows of the cluster between API calls, and which runs need a pass.
+
+kopf's watches (one stream each for runs, their Jobs and their Pods) keep ``Cache`` current,
+so a reconcile reads memory instead of listing Jobs and Pods per run: an idle run costs no
+API request. Every event names the run it concerns and puts that run on the ``WorkQueue``,
+which hands each run to one worker at a time and folds repeated events into one pass,
+as controller-runtime's work queue does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+RunKey = tuple[str, str]  # (namespace, run name)
+
+
+def _version(body: dict[str, Any]) -> int:
+    try:
+        return int(body["metadata"].get("resourceVersion") or 0)
+    except ValueError:  # resourceVersions are opaque by contract; every API server we know uses integers
+        return 0
+
+
+@dataclass
+class Cache:
+    runs: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[RunKey, dict[str, dict[str, Any]]] = field(default_factory=dict)  # run -> Job name -> Job
+    pods: dict[RunKey, dict[str, dict[str, Any]]] = field(default_factory=dict)  # run -> pod name -> Pod
+    # The last state of Jobs deleted since the operator started: a Job removed by its TTL right after
+    # finishing still tells how it finished.
+    deleted_jobs: dict[RunKey, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def store_run(self, body: dict[str, Any], deleted: bool = False) -> None:
+        key = run_key(body)
+        if deleted:
+            self.runs.pop(key, None)
+            self.jobs.pop(key, None)
+            self.pods.pop(key, None)
+            self.deleted_jobs.pop(key, None)
+        elif _version(body) >= _version(self.runs.get(key, body)):
+            self.runs[key] = body
+
+    def store_child(self, kind: str, key: RunKey, body: dict[str, Any], deleted: bool = False) -> None:
+        table = self.jobs if kind == "Job" else self.pods
+        children = table.setdefault(key, {})
+        name = body["metadata"]["name"]
+        if deleted:
+            gone = children.pop(name, None)
+            if kind == "Job":
+                self.deleted_jobs.setdefault(key, {})[name] = body if gone is None else _newest(gone, body)
+        elif name not in children or _version(body) >= _version(children[name]):
+            children[name] = body
+            if kind == "Job":
+                self.deleted_jobs.get(key, {}).pop(name, None)
+
+    def children(self, kind: str, key: RunKey) -> list[dict[str, Any]]:
+        return list(((self.jobs if kind == "Job" else self.pods).get(key) or {}).values())
+
+
+def _newest(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    return second if _version(second) >= _version(first) else first
+
+
+def run_key(body: dict[str, Any]) -> RunKey:
+    meta = body["metadata"]
+    return meta["namespace"], meta["name"]
+
+
+class WorkQueue:
+    """Runs waiting for a pass. A run queued while waiting is queued once; a run queued while a
+    worker reconciles it waits until that pass ends, so no two workers reconcile one run."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[RunKey] = asyncio.Queue()
+        self._waiting: set[RunKey] = set()
+        self._active: set[RunKey] = set()
+        self._again: set[RunKey] = set()
+
+    def add(self, key: RunKey) -> None:
+        if key in self._active:
+            self._again.add(key)
+        elif key not in self._waiting:
+            self._waiting.add(key)
+            self._queue.put_nowait(key)
+
+    def add_all(self, keys: Iterable[RunKey]) -> None:
+        for key in keys:
+            self.add(key)
+
+    def add_later(self, key: RunKey, seconds: float) -> None:
+        asyncio.get_running_loop().call_later(seconds, self.add, key)
+
+    async def get(self) -> RunKey:
+        key = await self._queue.get()
+        self._waiting.discard(key)
+        self._active.add(key)
+        return key
+
+    def done(self, key: RunKey) -> None:
+        self._active.discard(key)
+        if key in self._again:
+            self._again.discard(key)
+            self.add(key)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
