@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Stable timings and no oversubscription on small CI machines.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: venv run test e2e bench crd dashboard manifests docs generate images clean
+.PHONY: venv run test e2e soak bench crd dashboard manifests docs generate images clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,14 @@ run: venv
 test: venv
 	$(PY) -m pytest -q
 
-# Against the cluster in KUBECONFIG (kind, k3d, real); skipped, saying so, without one.
-# RTO_E2E_TRAINER_IMAGE=<image the nodes can pull> makes the stage pods really train.
+# The e2e suite alone (make test runs it too): on the cluster in KUBECONFIG when it answers
+# (kind, k3d, real), else on the kit in ../shared/k8s (RTO_K8S_KIT), which it starts and stops.
 e2e: venv
 	$(PY) -m pytest -m e2e tests/e2e -v -rs
+
+# Minutes of kill -9 against the operator over many runs on the kit.
+soak: venv
+	$(PY) -m pytest -m slow tests/e2e -v -rs -s
 
 # Every benchmark; their tables replace the "Latest make bench run" section of bench/RESULTS.md.
 bench: venv

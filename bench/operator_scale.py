@@ -5,20 +5,20 @@ The operator runs as its own process (``kopf run -m reasoning_operator.app``) ag
 Kubernetes emulator (tests/kube_emulator.py), reached through a kubeconfig. kmock matches each
 request against its whole request history, which makes it quadratic in the number of requests;
 here it keeps only the latest requests, and still lists by scanning every object it holds, so at
-large N part of the time is the emulator's. With --cluster the same runs go to the cluster in
-KUBECONFIG instead (the CRD is installed if missing; the runs live in a fresh namespace that is
-deleted afterwards).
+large N part of the time is the emulator's. With --cluster the runs go to a real control plane
+(KUBECONFIG's when it answers, else the kit in ../shared/k8s, started and stopped here) and the
+real ``rto operator``; it also measures the API server's request rate while the runs sit idle
+mid-stage, and how fast a finished stage's Job is followed by the next one.
 
     python bench/operator_scale.py            # N = 100 and 500 against the emulator
     python bench/operator_scale.py --quick    # N = 10, a smoke run for make test
-    python bench/operator_scale.py --cluster  # N = 100 and 500 on KUBECONFIG's cluster
+    python bench/operator_scale.py --cluster  # N = 100 and 500 on a real control plane (KUBECONFIG's, else the kit)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import subprocess
 import sys
@@ -29,12 +29,15 @@ from pathlib import Path
 import aiohttp
 import kmock
 import yaml
-from reasoning_operator.kube import Kube
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the emulator is test support code
+sys.path.insert(0, str(ROOT / "tests"))  # the emulator and the kit are test support code
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
+from kit import KIT, KIT_ENV  # noqa: E402
 from kube_emulator import ApiServerEmulator  # noqa: E402
+
+KIT_NODES = KIT / "nodes.sh"
 
 NAMESPACE = "scale"
 HISTORY = 64
@@ -47,6 +50,12 @@ class ShortMemoryEmulator(ApiServerEmulator):
         del self._requests[:-HISTORY]
         return await super()._handle(request)
 SPEC = {"preset": "fast", "storage": {"size": "10Gi"}}
+STAGES = ["select", "sft", "rl", "eval"]
+# Runs whose first stage pod stays Running (kwok), so they sit idle mid-stage.
+IDLE_SPEC = {"preset": "tiny", "storage": {"size": "1Gi"}, "podAnnotations": {"kwok.x-k8s.io/outcome": "running"}}
+QUICK_SPEC = {"preset": "tiny", "storage": {"size": "1Gi"},
+              "podAnnotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "1s"}}
+IDLE_WINDOW = 30.0
 
 
 def kubeconfig(server: str, folder: str) -> str:
@@ -121,38 +130,88 @@ async def measure(count: int) -> dict:
             "runs_per_second": count / (done - started), "peak_rss_mib": rss}
 
 
-async def measure_on_cluster(count: int) -> dict:
-    """The same measurement against KUBECONFIG's cluster, in a namespace made for it."""
-    import kopf
+def measure_on_cluster(count: int) -> dict:
+    """The same on a real control plane (KUBECONFIG's, else the kit that tests/e2e starts), with the
+    real ``rto operator``; then, with every run idle mid-stage (pods that stay Running), the API
+    server's own request rate with the operator running against its rate with the operator stopped."""
+    from kit import Cluster, JobWatcher, wait_for
 
-    client = Kube(kopf.login_via_client(settings=kopf.OperatorSettings(), logger=logging.getLogger("bench")))
-    namespace = f"{NAMESPACE}-{int(time.time())}"
+    cluster = Cluster.start()
     try:
-        await client.create(yaml.safe_load((ROOT / "manifests/crd.yaml").read_text()))
-        await client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-        operator = start_operator(os.environ["KUBECONFIG"])
+        if cluster.kit_state is not None:  # room for every stage pod of the idle runs
+            subprocess.run([str(KIT_NODES), str(count // 100 + 1), "8"], env={**os.environ, **KIT_ENV},
+                           check=True, capture_output=True)
+        cluster.apply(yaml.safe_load((ROOT / "manifests/crd.yaml").read_text()))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/reasoningtrainings.reasoning.dev")
+        namespace = f"{NAMESPACE}-{int(time.time())}"
+        cluster.kubectl("create", "namespace", namespace)
+        watcher = JobWatcher(cluster, namespace)
+        watcher.start()
+        operator = subprocess.Popen([str(Path(sys.executable).parent / "rto"), "operator", "--standalone",
+                                     f"--namespace={namespace}", "--metrics-port=0", "--liveness=http://127.0.0.1:0/"],
+                                    env={**os.environ, "KUBECONFIG": cluster.kubeconfig}, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
         try:
-            await asyncio.sleep(5)
+            time.sleep(3)
             started = time.perf_counter()
-            await asyncio.gather(*(client.create({
-                "apiVersion": "reasoning.dev/v1alpha1", "kind": "ReasoningTraining",
-                "metadata": {"name": f"run-{number}", "namespace": namespace}, "spec": SPEC})
-                for number in range(count)))
+            runs = [{"apiVersion": "reasoning.dev/v1alpha1", "kind": "ReasoningTraining",
+                     "metadata": {"name": f"run-{number}"}, "spec": IDLE_SPEC} for number in range(count)]
+            for batch in range(0, count, 100):
+                cluster.apply(*runs[batch:batch + 100], namespace=namespace)
             created = time.perf_counter()
-            while len(await client.list("Job", namespace, {"app.kubernetes.io/name": "reasoning-trainer"})) < count:
-                if time.perf_counter() - created > 900:
-                    raise RuntimeError(f"not every first-stage Job exists after 900 s in {namespace}")
-                await asyncio.sleep(0.5)
+            wait_for(lambda: len(watcher.created) >= count, 900, f"{count} first-stage Jobs", interval=0.05)
             done = time.perf_counter()
+            time.sleep(20)  # pods scheduled and Running, status written: the runs are idle from here
+            busy = request_rate(cluster, IDLE_WINDOW)
             rss = peak_rss_mib(operator.pid)
         finally:
-            operator.terminate()
-            operator.wait(60)
+            operator.kill()
+            operator.wait(30)
+        quiet = request_rate(cluster, IDLE_WINDOW)
+        watcher.stop()
+        handoff = handoff_seconds(cluster)
     finally:
-        await client.delete("Namespace", None, namespace)
-        await client.close()
+        cluster.stop()
     return {"runs": count, "create_seconds": created - started, "all_jobs_seconds": done - started,
-            "runs_per_second": count / (done - started), "peak_rss_mib": rss}
+            "runs_per_second": count / (done - started), "peak_rss_mib": rss,
+            "idle_requests": busy - quiet, "control_plane_requests": quiet, "handoff": handoff}
+
+
+def request_rate(cluster, seconds: float) -> float:
+    """Requests per second that kube-apiserver counted (apiserver_request_total) over ``seconds``."""
+    def total() -> float:
+        text = cluster.kubectl("get", "--raw", "/metrics")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("apiserver_request_total{"))
+
+    before = total()
+    time.sleep(seconds)
+    return (total() - before) / seconds
+
+
+def handoff_seconds(cluster, runs: int = 10) -> list[float]:
+    """Job finished -> next stage's Job exists, for short tiny runs driven only by watch events."""
+    from kit import JobWatcher, wait_for
+
+    namespace = f"{NAMESPACE}-handoff-{int(time.time())}"
+    cluster.kubectl("create", "namespace", namespace)
+    watcher = JobWatcher(cluster, namespace)
+    watcher.start()
+    operator = subprocess.Popen([str(Path(sys.executable).parent / "rto"), "operator", "--standalone",
+                                 f"--namespace={namespace}", "--metrics-port=0", "--liveness=http://127.0.0.1:0/"],
+                                env={**os.environ, "KUBECONFIG": cluster.kubeconfig, "RTO_RESYNC_SECONDS": "3600"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        cluster.apply(*[{"apiVersion": "reasoning.dev/v1alpha1", "kind": "ReasoningTraining",
+                         "metadata": {"name": f"handoff-{number}"}, "spec": QUICK_SPEC} for number in range(runs)],
+                      namespace=namespace)
+        wait_for(lambda: len(watcher.finished) >= runs * len(STAGES), 180, "every stage to finish")
+    finally:
+        operator.kill()
+        operator.wait(30)
+        watcher.stop()
+    return [gap for number in range(runs) for gap in watcher.handoffs(f"handoff-{number}", STAGES)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,12 +219,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cluster", action="store_true", help="measure against the cluster in KUBECONFIG")
     args = parser.parse_args(argv)
-    if args.cluster and not os.environ.get("KUBECONFIG"):
-        parser.error("--cluster needs KUBECONFIG to name a cluster")
+    counts = (10,) if args.quick else (100, 500)
+    if args.cluster:
+        print("| runs | created in | all first-stage Jobs after | runs/s | operator peak RSS | "
+              "idle requests/s (operator) | control plane alone | handoff median / max |")
+        print("|---|---|---|---|---|---|---|---|")
+        for count in counts:
+            row = measure_on_cluster(count)
+            gaps = sorted(row["handoff"])
+            print(f"| {row['runs']} | {row['create_seconds']:.1f} s | {row['all_jobs_seconds']:.1f} s | "
+                  f"{row['runs_per_second']:.1f} | {row['peak_rss_mib']:.0f} MiB | {row['idle_requests']:.2f} | "
+                  f"{row['control_plane_requests']:.1f} | {gaps[len(gaps) // 2]:.2f} s / {gaps[-1]:.2f} s |",
+                  flush=True)
+        return 0
     print("| runs | created in | all first-stage Jobs after | runs/s | operator peak RSS |")
     print("|---|---|---|---|---|")
-    for count in ((10,) if args.quick else (100, 500)):
-        row = asyncio.run(measure_on_cluster(count) if args.cluster else measure(count))
+    for count in counts:
+        row = asyncio.run(measure(count))
         print(f"| {row['runs']} | {row['create_seconds']:.1f} s | {row['all_jobs_seconds']:.1f} s | "
               f"{row['runs_per_second']:.1f} | {row['peak_rss_mib']:.0f} MiB |", flush=True)
     return 0

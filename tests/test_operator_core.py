@@ -114,6 +114,74 @@ def test_a_log_tail_termination_message_becomes_the_failure_reason():
     assert decision.create is None
 
 
+RUNNING_SFT = {"stages": {"sft": {"phase": "Running", "job": "demo-sft", "attempts": 1}}}
+
+
+@pytest.mark.parametrize("last, phase, reason", [
+    ({}, "Failed", "JobDeleted"),  # deleted by a user (or never seen) before it finished
+    ({"metadata": {"name": "demo-sft", "uid": "u"}, "status": {"conditions": [
+        {"type": "Complete", "status": "True"}]}}, "Succeeded", ""),  # removed by its TTL after succeeding
+    ({"metadata": {"name": "demo-sft", "uid": "u"}, "status": {"failed": 3, "conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}]}}, "Failed",
+     "BackoffLimitExceeded"),
+], ids=["deleted-running", "ttl-after-success", "ttl-after-failure"])
+def test_a_vanished_stage_job_is_decided_from_its_last_state_and_never_recreated(last, phase, reason):
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    observed = Observed({}, {}, NOW, vanished={"sft": last})
+    decision = decide(RUN, 1, spec, plan_run(spec), RUNNING_SFT, observed, 600)
+    stage = decision.status_patch()["stages"]["sft"]
+    assert (stage["phase"], stage.get("reason", "")) == (phase, reason)
+    assert decision.create != "sft"
+    if phase == "Succeeded":
+        assert decision.create == "rl"  # the run goes on
+    else:
+        assert decision.create is None and decision.status_patch()["phase"] == "Failed"
+
+
+def test_a_job_the_cache_has_not_seen_yet_is_not_mistaken_for_a_deleted_one():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    decision = decide(RUN, 1, spec, plan_run(spec), RUNNING_SFT, Observed({"sft": pending_job("sft")}, {}, NOW), 600)
+    assert decision.status_patch()["stages"]["sft"]["phase"] in ("Pending", "Running")
+    assert decision.create is None
+
+
+def test_the_work_queue_folds_repeated_events_and_never_hands_one_run_to_two_workers():
+    import asyncio
+
+    from reasoning_operator.cache import WorkQueue
+
+    async def scenario():
+        queue = WorkQueue()
+        queue.add(("ns", "a"))
+        queue.add(("ns", "a"))
+        queue.add(("ns", "b"))
+        assert len(queue) == 2
+        first = await queue.get()
+        queue.add(first)  # an event while a worker reconciles it: queued for after that pass
+        second = await queue.get()
+        assert second != first and len(queue) == 0
+        queue.done(first)
+        assert await asyncio.wait_for(queue.get(), 1) == first
+
+    asyncio.run(scenario())
+
+
+def test_the_cache_keeps_the_newest_version_and_remembers_deleted_jobs():
+    from reasoning_operator.cache import Cache
+
+    def job(version: str, phase: str) -> dict:
+        return {"metadata": {"name": "demo-sft", "namespace": "team", "resourceVersion": version},
+                "status": {"phase": phase}}
+
+    cache = Cache()
+    cache.store_child("Job", ("team", "demo"), job("7", "new"))
+    cache.store_child("Job", ("team", "demo"), job("5", "stale"))  # a late event of an older version
+    assert cache.children("Job", ("team", "demo"))[0]["status"]["phase"] == "new"
+    cache.store_child("Job", ("team", "demo"), job("9", "done"), deleted=True)
+    assert cache.children("Job", ("team", "demo")) == []
+    assert cache.deleted_jobs[("team", "demo")]["demo-sft"]["status"]["phase"] == "done"
+
+
 def test_merge_patch_nulls_keys_that_went_away_and_skips_unchanged_ones():
     old = {"phase": "Succeeded", "completionTime": "t", "stages": {"sft": {"phase": "Running", "job": "j"}}}
     new = {"phase": "Running", "stages": {"sft": {"phase": "Running", "job": "j", "attempts": 2}}}

@@ -33,7 +33,7 @@ from .config import OperatorConfig
 from .desired import RUN_LABEL, STAGE_LABEL, Run, job_name, stage_children, volume_claim
 from .kube import ApiError, Kube
 from .metrics import OperatorMetrics
-from .progress import Decision, Observed, decide, load_status, rejected
+from .progress import Decision, Observed, decide, job_outcome, load_status, rejected
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,13 @@ async def observe(operator: Operator, run: Run, stored, now: datetime) -> Observ
     for stage, last in vanished.items():
         uid = (last.get("metadata") or {}).get("uid")
         pods_by_stage[stage] = [pod for pod in pods if uid and _owned_by(pod, uid)]
+    # A finished Job's outcome is recorded once, from its pods' termination messages; the Pod watch
+    # may not have delivered them yet (separate streams have no order), so read them now.
+    for stage, job in {**jobs, **vanished}.items():
+        recorded = stored.stages.get(stage)
+        if job and recorded and recorded.phase in ("Pending", "Running") and job_outcome(job):
+            pods_by_stage[stage] = await operator.kube.list(
+                "Pod", run.namespace, {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"]})
     return Observed(jobs, pods_by_stage, now, vanished)
 
 

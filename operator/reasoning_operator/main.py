@@ -120,7 +120,7 @@ async def _serve_health(url: str):
     app.router.add_get(parsed.path or "/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, port = parsed.hostname or "0.0.0.0", parsed.port or 8081
+    host, port = parsed.hostname or "0.0.0.0", 8081 if parsed.port is None else parsed.port
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as error:

@@ -23,6 +23,8 @@ CONDITION_TYPES = ("Ready", "Progressing", "Succeeded", "Failed", "Suspended")
 IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                 "CreateContainerError"}
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+# The Job controller sets FailureTarget first, then Failed once every pod has stopped.
+FAILED_CONDITIONS = ("FailureTarget", "Failed")
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, obs
             return _suspend(stage, current, job, decision)
         if job is None and stage in observed.vanished and current.phase in ("Pending", "Running"):
             last = observed.vanished[stage]
-            if _outcome(last) == "Complete":
+            if job_outcome(last) == "Complete":
                 _record_success(current, last, observed.pods.get(stage, []))
                 continue
             _record_vanished(current, last, observed.pods.get(stage, []))
@@ -118,7 +120,7 @@ def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, obs
         if job["metadata"].get("deletionTimestamp"):
             current.message = "waiting for the previous Job's pods to stop"
             return True, "StageTerminating", f"stage {stage}: {current.message}"
-        outcome = _outcome(job)
+        outcome = job_outcome(job)
         pods = observed.pods.get(stage, [])
         if outcome == "Complete":
             _record_success(current, job, pods)
@@ -132,7 +134,7 @@ def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, obs
 
 
 def _suspend(stage: str, current: StageStatus, job: dict | None, decision: Decision) -> tuple[bool, str, str]:
-    if job is not None and not job["metadata"].get("deletionTimestamp") and _outcome(job) is None:
+    if job is not None and not job["metadata"].get("deletionTimestamp") and job_outcome(job) is None:
         decision.remove = stage
     current.phase = "Suspended"
     current.message = "suspended; set spec.suspend: false to resume from the last checkpoint"
@@ -184,13 +186,13 @@ def _stuck(pods: list[dict], now: datetime, stuck_after: float) -> tuple[str, st
     return None
 
 
-def _outcome(job: dict) -> str | None:
+def job_outcome(job: dict) -> str | None:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("status") != "True":
             continue
         if condition["type"] in ("Complete", "SuccessCriteriaMet"):
             return "Complete"
-        if condition["type"] in ("Failed", "FailureTarget"):
+        if condition["type"] in FAILED_CONDITIONS:
             return "Failed"
     return None
 
@@ -223,7 +225,7 @@ def _record_failure(current: StageStatus, job: dict, pods: list[dict]) -> None:
 def _record_vanished(current: StageStatus, last: dict, pods: list[dict]) -> None:
     """The stage's Job is gone: its failure, or a delete before it finished. Never recreated,
     so a Job that keeps disappearing cannot turn into a loop that holds GPUs."""
-    if _outcome(last) == "Failed":
+    if job_outcome(last) == "Failed":
         _record_failure(current, last, pods)
         return
     current.phase, current.reason = "Failed", "JobDeleted"
@@ -262,14 +264,14 @@ def _termination_result(pod: dict | None) -> dict[str, Any]:
 
 def _job_condition_reason(job: dict) -> str:
     for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("status") == "True":
+        if condition.get("type") in FAILED_CONDITIONS and condition.get("status") == "True":
             return condition.get("reason") or ""
     return ""
 
 
 def _job_condition_message(job: dict) -> str:
     for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("status") == "True":
+        if condition.get("type") in FAILED_CONDITIONS and condition.get("status") == "True":
             return f"{condition.get('reason', 'Failed')}: {condition.get('message', '')}".strip(": ")
     return ""
 

@@ -1,0 +1,267 @@
+"""``rto operator`` on a real control plane: the README walkthrough, leader election, and faults.
+
+kwok plays the stage pods: they run for a while and succeed or fail as their annotations say
+(``spec.podAnnotations``), reporting the termination message a trainer would write.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+from kit import ROOT, JobWatcher, wait_for
+
+pytestmark = pytest.mark.e2e
+
+TINY = ["select", "sft", "rl", "eval"]
+RESULT = {"phase": "Succeeded", "durationSeconds": 1.5, "accuracy": 0.625, "checkpoint": "/data/models/stage",
+          "metrics": {"loss": 0.25}}
+# Only watch events may move a run on: a timer this slow never fires during a test.
+EVENTS_ONLY = {"RTO_RESYNC_SECONDS": "3600"}
+
+
+def kwok(delay: str = "1s", outcome: str = "succeed", message: dict | None = None) -> dict[str, str]:
+    annotations = {"kwok.x-k8s.io/outcome": outcome, "kwok.x-k8s.io/termination-message": json.dumps(message or RESULT)}
+    key = "pod-complete" if outcome == "succeed" else "pod-fail"
+    annotations[f"{key}.stage.kwok.x-k8s.io/delay"] = delay
+    return annotations
+
+
+def tiny_run(name: str, **spec) -> dict:
+    return {"apiVersion": "reasoning.dev/v1alpha1", "kind": "ReasoningTraining", "metadata": {"name": name},
+            "spec": {"preset": "tiny", "storage": {"size": "2Gi"}, **spec}}
+
+
+def status(cluster, namespace: str, name: str) -> dict:
+    return cluster.run(namespace, name).get("status") or {}
+
+
+def finished(cluster, namespace: str, name: str) -> str | None:
+    phase = status(cluster, namespace, name).get("phase")
+    return phase if phase in ("Succeeded", "Failed") else None
+
+
+def test_readme_walkthrough_reaches_succeeded_driven_by_job_events(cluster, namespace, start_operator):
+    """apply the CRD, ``rto operator``, apply manifests/examples/run.yaml, ``kubectl get rt -w``."""
+    watcher = JobWatcher(cluster, namespace)
+    watcher.start()
+    operator = start_operator(env=EVENTS_ONLY)
+    watching = subprocess.Popen([*_kubectl(cluster), "get", "rt", "-w", f"--namespace={namespace}"],
+                                stdout=subprocess.PIPE, text=True)
+    cluster.kubectl("apply", "-f", str(ROOT / "manifests/examples/run.yaml"), f"--namespace={namespace}")
+    try:
+        lines = _read_until(watching, "Succeeded", timeout=90)
+    finally:
+        watching.kill()
+    watcher.stop()
+    assert lines[0].split()[:2] == ["NAME", "PHASE"], lines
+    run = cluster.run(namespace, "gsm8k-fast")
+    stages = ["sft", "rl", "eval"]  # the fast preset's stages, in order
+    assert sorted(run["status"]["stages"]) == sorted(stages)
+    for stage in stages:
+        assert run["status"]["stages"][stage]["phase"] == "Succeeded"
+        job = cluster.jobs(namespace)[f"gsm8k-fast-{stage}"]
+        assert job.metadata.owner_references[0].uid == run["metadata"]["uid"]
+        assert job.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    conditions = {condition["type"]: condition for condition in run["status"]["conditions"]}
+    assert conditions["Succeeded"]["status"] == "True" and conditions["Failed"]["status"] == "False"
+    reasons = [event.reason for event in cluster.events(namespace, "gsm8k-fast")]
+    assert reasons.count("StageSucceeded") == 3 and "RunSucceeded" in reasons
+    assert not watcher.duplicates()
+    # With the timer at an hour, only the watch on Jobs can have started each next stage.
+    print(f"\nhandoff (Job finished -> next Job exists): "
+          f"{', '.join(f'{gap:.2f} s' for gap in watcher.handoffs('gsm8k-fast', stages))}")
+    assert "leading: this replica" in operator.log()
+
+
+@pytest.mark.parametrize("flags", [[], ["--standalone"]], ids=["leader-election", "standalone"])
+def test_the_operator_reconciles_whether_or_not_kopfs_peering_crd_is_installed(cluster, namespace,
+                                                                              start_operator, flags):
+    cluster.apply(*_kopf_peering_crds())
+    try:
+        operator = start_operator(*flags)
+        cluster.apply(tiny_run("peered", podAnnotations=kwok("0s")), namespace=namespace)
+        assert wait_for(lambda: finished(cluster, namespace, "peered"), 90, "the run to finish") == "Succeeded"
+        assert ("leading: this replica" in operator.log()) == (flags == [])
+    finally:
+        cluster.kubectl("delete", "crd", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev", "--wait=false")
+
+
+def test_two_replicas_one_leads_and_the_standby_takes_over_after_kill_9(cluster, namespace, start_operator):
+    watcher = JobWatcher(cluster, namespace)
+    watcher.start()
+    first = start_operator()
+    wait_for(lambda: cluster.lease_holder(namespace) == first.identity, 30, "the first replica to lead")
+    second = start_operator()
+    wait_for(lambda: "standby" in second.log(), 30, "the second replica to stand by")
+    for index in range(5):
+        cluster.apply(tiny_run(f"pair-{index}", podAnnotations=kwok("3s")), namespace=namespace)
+    wait_for(lambda: len(watcher.created) >= 5, 30, "the first stage Jobs")
+    assert "pair-" not in second.log(), "the standby must not reconcile"
+    first.kill(signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: cluster.lease_holder(namespace) == second.identity, 60, "the standby to take over")
+    takeover = time.monotonic() - killed
+    for index in range(5):
+        assert wait_for(lambda: finished(cluster, namespace, f"pair-{index}"), 120, "the runs") == "Succeeded"
+    watcher.stop()
+    assert not watcher.duplicates()
+    assert len(watcher.created) == 5 * len(TINY)
+    print(f"\ntakeover after kill -9 of the leader: {takeover:.1f} s")
+
+
+def test_kill_9_at_random_moments_loses_no_stage_and_duplicates_no_job(cluster, namespace, start_operator):
+    kill_storm(cluster, namespace, start_operator, runs=20, pause=(0.3, 2.5), timeout=300)
+
+
+@pytest.mark.slow
+def test_soak_kill_9_across_many_runs_for_minutes(cluster, namespace, start_operator):
+    """``make soak``: the same storm, longer, over more runs with longer stages."""
+    kill_storm(cluster, namespace, start_operator, runs=60, pause=(0.5, 6.0), timeout=1200, delay="4s")
+
+
+def kill_storm(cluster, namespace, start_operator, runs: int, pause: tuple[float, float], timeout: float,
+               delay: str = "1s") -> None:
+    watcher = JobWatcher(cluster, namespace)
+    watcher.start()
+    operator = start_operator()
+    names = [f"storm-{index:02d}" for index in range(runs)]
+    for name in names:
+        cluster.apply(tiny_run(name, podAnnotations=kwok(delay)), namespace=namespace)
+    chance, kills, deadline = random.Random(7), 0, time.monotonic() + timeout
+    while not all(finished(cluster, namespace, name) for name in names):
+        assert time.monotonic() < deadline, "the runs did not finish under repeated kill -9"
+        time.sleep(chance.uniform(*pause))
+        operator.restart()  # kill -9, then start again as a restarted container would (same identity)
+        kills += 1
+    watcher.stop()
+    assert not watcher.duplicates(), watcher.duplicates()
+    for name in names:
+        run = status(cluster, namespace, name)
+        assert run["phase"] == "Succeeded", (name, run)
+        for stage in TINY:
+            recorded = run["stages"][stage]
+            assert recorded["metrics"] == {"loss": 0.25} and recorded["checkpoint"] == RESULT["checkpoint"], recorded
+    assert len(watcher.created) == len(names) * len(TINY)
+    print(f"\n{len(names)} runs, {kills} kill -9 of the operator: 0 duplicate Jobs, 0 lost stage results")
+
+
+def test_the_operator_rides_out_a_kube_apiserver_restart(cluster, namespace, start_operator):
+    if cluster.kit_state is None:
+        pytest.skip("restarting kube-apiserver needs the kit the suite started itself")
+    operator = start_operator()
+    operator.forbidden_expected = True
+    names = [f"outage-{index}" for index in range(3)]
+    for name in names:
+        cluster.apply(tiny_run(name, podAnnotations=kwok("3s")), namespace=namespace)
+    wait_for(lambda: len(cluster.jobs(namespace)) >= 3, 30, "the first stage Jobs")
+    cluster.restart_apiserver(down_seconds=5)
+    for name in names:
+        assert wait_for(lambda: finished(cluster, namespace, name), 180, f"{name} to finish") == "Succeeded"
+
+
+def test_a_running_stage_job_deleted_by_a_user_fails_the_stage_once(cluster, namespace, start_operator):
+    watcher = JobWatcher(cluster, namespace)
+    watcher.start()
+    operator = start_operator()
+    cluster.apply(tiny_run("deleted", podAnnotations=kwok("60s")), namespace=namespace)
+    wait_for(lambda: status(cluster, namespace, "deleted").get("stages", {}).get("select", {}).get("phase")
+             == "Running", 30, "stage select to run")
+    cluster.kubectl("delete", "job", "deleted-select", f"--namespace={namespace}")
+    assert wait_for(lambda: finished(cluster, namespace, "deleted"), 30, "the run to fail") == "Failed"
+    stage = status(cluster, namespace, "deleted")["stages"]["select"]
+    assert stage["reason"] == "JobDeleted" and "deleted-select was deleted" in stage["message"]
+    time.sleep(5)
+    watcher.stop()
+    assert list(watcher.uids) == ["deleted-select"], "nothing may be recreated"
+    assert operator.log().count("reconcile failed") == 0
+
+
+def test_an_evicted_stage_pod_is_replaced_and_the_stage_succeeds(cluster, namespace, start_operator):
+    from kubernetes import client
+
+    start_operator()
+    cluster.apply(tiny_run("evicted", podAnnotations=kwok("6s")), namespace=namespace)
+    pod = wait_for(lambda: [item for item in cluster.core.list_namespaced_pod(
+        namespace, label_selector="reasoning.dev/stage=select").items if item.status.phase == "Running"],
+        30, "the select pod to run")[0]
+    cluster.core.create_namespaced_pod_eviction(pod.metadata.name, namespace, client.V1Eviction(
+        metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=namespace)))
+    # The kit has no kubelet to stop the container: play it. The trainer checkpoints on SIGTERM and exits 143.
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    cluster.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+        "phase": "Failed", "containerStatuses": [{
+            "name": "trainer", "image": "trainer", "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 143, "reason": "Error", "startedAt": now, "finishedAt": now}}}]}})
+    assert wait_for(lambda: finished(cluster, namespace, "evicted"), 120, "the run to finish") == "Succeeded"
+    assert status(cluster, namespace, "evicted")["stages"]["select"]["attempts"] == 1, \
+        "an eviction must not use up the stage's retries"
+
+
+def test_a_stage_failing_past_its_backoff_limit_fails_the_run_with_the_trainers_reason(cluster, namespace,
+                                                                                     start_operator):
+    watcher = JobWatcher(cluster, namespace)
+    watcher.start()
+    start_operator()
+    failure = {"phase": "Failed", "reason": "CUDA out of memory at step 12"}
+    cluster.apply(tiny_run("crashing", backoffLimit=1, podAnnotations=kwok("0s", "fail", failure)),
+                  namespace=namespace)
+    assert wait_for(lambda: finished(cluster, namespace, "crashing"), 60, "the run to fail") == "Failed"
+    run = status(cluster, namespace, "crashing")
+    stage = run["stages"]["select"]
+    assert stage["reason"] == "BackoffLimitExceeded" and "CUDA out of memory" in stage["message"]
+    assert stage["attempts"] == 2
+    conditions = {condition["type"]: condition for condition in run["conditions"]}
+    assert conditions["Failed"]["status"] == "True" and "CUDA out of memory" in conditions["Failed"]["message"]
+    time.sleep(5)
+    watcher.stop()
+    assert list(watcher.uids) == ["crashing-select"], "a failed stage is never recreated"
+
+
+def test_jobs_removed_by_their_ttl_at_once_are_not_rerun(cluster, namespace, start_operator):
+    watcher = JobWatcher(cluster, namespace)
+    watcher.start()
+    start_operator()
+    cluster.apply(tiny_run("ephemeral", ttlSecondsAfterFinished=0, podAnnotations=kwok("1s")), namespace=namespace)
+    assert wait_for(lambda: finished(cluster, namespace, "ephemeral"), 90, "the run to finish") == "Succeeded"
+    wait_for(lambda: not cluster.jobs(namespace), 30, "the TTL controller to remove the Jobs")
+    time.sleep(3)
+    watcher.stop()
+    assert sorted(watcher.uids) == sorted(f"ephemeral-{stage}" for stage in TINY)
+    assert not watcher.duplicates()
+    assert status(cluster, namespace, "ephemeral")["phase"] == "Succeeded"
+
+
+def _kubectl(cluster) -> list[str]:
+    binary = cluster.kit_state / "bin" / "kubectl" if cluster.kit_state else "kubectl"
+    return [str(binary), f"--kubeconfig={cluster.kubeconfig}"]
+
+
+def _read_until(process: subprocess.Popen, word: str, timeout: float) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout
+    for line in process.stdout:
+        lines.append(line)
+        if word in line.split():
+            return lines
+        assert time.monotonic() < deadline, "".join(lines)
+    raise AssertionError("kubectl get -w ended:\n" + "".join(lines))
+
+
+def _kopf_peering_crds() -> list[dict]:
+    """kopf's own peering CRDs, as its docs install them."""
+    def crd(kind: str, plural: str, scope: str) -> dict:
+        return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.kopf.dev"},
+                "spec": {"group": "kopf.dev", "scope": scope,
+                         "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                         "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                             "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+    return [crd("KopfPeering", "kopfpeerings", "Namespaced"), crd("ClusterKopfPeering", "clusterkopfpeerings",
+                                                                  "Cluster")]
+
+
