@@ -147,7 +147,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(plan_file):
 GRPO = {"stages": {"select": {"enabled": False}, "sft": {"enabled": False}, "eval": {"enabled": False},
                    "rl": {"enabled": True, "algorithm": "grpo", "iterations": 3, "problemsPerIteration": 4,
                           "batchSize": 4, "learningRate": 1e-4, "checkpointEvery": 2,
-                          "grpo": {"numGenerations": 3, "maxCompletionTokens": 24, "prmWeight": 0.5}}}}
+                          "grpo": {"numGenerations": 3, "maxCompletionTokens": 24, "prmWeight": 0.5,
+                                   "dropUniformGroups": False, "evalProblems": 8}}}}
 
 
 def test_grpo_updates_the_generator_from_group_rewards_and_keeps_resumable_state(plan_file):
@@ -158,6 +159,10 @@ def test_grpo_updates_the_generator_from_group_rewards_and_keeps_resumable_state
     assert [step["iteration"] for step in iterations] == [1, 2, 3]
     # Rewards mix correctness (0 or 1) and half the PRM's score of the weakest step (0..1).
     assert all(0.0 <= step["reward"] <= 1.5 for step in iterations)
+    # The stage's accuracy is held-out greedy pass@1, measured before and after, not rollout accuracy.
+    assert result["accuracy"] == result["metrics"]["heldout_pass1_after"]
+    assert 0.0 <= result["metrics"]["heldout_pass1_before"] <= 1.0
+    assert result["details"]["held_out_problems"] == 8
     job = load_job(path)
     from transformers import AutoModelForCausalLM
 

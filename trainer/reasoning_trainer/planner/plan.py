@@ -327,30 +327,39 @@ def _place_two_sides(context, name, stage, first, second, batches, trains, with_
 
 
 def _plan_grpo(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
+    """rl/grpo.py trains in one process: the generator (trained), its frozen reference and the
+    rollouts' KV cache (every sequence of an iteration at once) on cuda:0; the PRM beside them, or
+    on cuda:1 when that is what makes the stage fit. Never data-parallel, never ZeRO."""
     stage = context.spec.stages.rl
     generator, reward_model = context.spec.models.generator, context.spec.models.reward_model
     seq = generator.generation.max_prompt_tokens + stage.grpo.max_completion_tokens
-    most = context.spec.gpu.max_per_node * stage.nodes
     roles = ["generator"] + (["rewardModel"] if reward_model and stage.grpo.prm_weight > 0 else [])
+    if stage.nodes > 1 or (stage.gpus or 0) > len(roles):
+        return None
+    rollouts = stage.problems_per_iteration * stage.grpo.num_generations
+    ckpts = [stage.gradient_checkpointing] if stage.gradient_checkpointing is not None else [False, True]
     for eight_bit in _eight_bit_choices(context, roles):
         if eight_bit["generator"] and not generator.lora:
             continue
-        for gpus in _gpu_counts(context, stage.gpus, most):
-            for zero, ckpt in _training_options(stage, gpus):
-                device = _training_device(context, archs, ["generator"], eight_bit, gpus, zero, ckpt,
-                                          stage.batch_size, seq, stage.optimizer)
-                arch = archs["generator"]
-                if not generator.lora:  # the frozen reference policy for the KL term
-                    device = device.merged(inference_weights(arch, generator.dtype, False, "reference"))
-                device.add("generator kv cache", kv_cache_bytes(arch, stage.batch_size, seq))
-                if "rewardModel" in roles:
-                    device = device.merged(inference_weights(archs["rewardModel"], reward_model.dtype,
-                                                             eight_bit["rewardModel"], "rewardModel"))
-                if context.fits([device]):
-                    where = {role: _spread(context, gpus, stage.nodes) for role in roles}
-                    return StagePlan("rl", gpus, stage.nodes, eight_bit, where, [device], zero_stage=zero,
-                                     gradient_checkpointing=ckpt, batch_size=stage.batch_size,
-                                     trains=["generator"])
+        for ckpt in ckpts:
+            device = _training_device(context, archs, ["generator"], eight_bit, 1, 0, ckpt, stage.batch_size,
+                                      seq, stage.optimizer)
+            arch = archs["generator"]
+            if not generator.lora:  # the frozen reference policy for the KL term
+                device = device.merged(inference_weights(arch, generator.dtype, False, "reference"))
+            device.add("generator kv cache", kv_cache_bytes(arch, rollouts, seq))
+            scorer = inference_weights(archs["rewardModel"], reward_model.dtype, eight_bit["rewardModel"],
+                                       "rewardModel") if "rewardModel" in roles else None
+            gpu = "cpu" if context.gpu_memory_gib is None else "cuda:0"
+            together = device.merged(scorer) if scorer is not None else device
+            if stage.gpus in (None, 1) and context.fits([together]):
+                return StagePlan("rl", 0 if gpu == "cpu" else 1, 1, eight_bit, {role: gpu for role in roles},
+                                 [together], gradient_checkpointing=ckpt, batch_size=stage.batch_size,
+                                 trains=["generator"])
+            if scorer is not None and gpu != "cpu" and stage.gpus in (None, 2) and context.fits([device, scorer]):
+                return StagePlan("rl", 2, 1, eight_bit, {"generator": "cuda:0", "rewardModel": "cuda:1"},
+                                 [device, scorer], gradient_checkpointing=ckpt, batch_size=stage.batch_size,
+                                 trains=["generator"])
     return None
 
 

@@ -3,9 +3,12 @@
 
 Per iteration: take problemsPerIteration problems -> sample numGenerations solutions each ->
 reward = correctnessWeight x (answer right) + prmWeight x (PRM score of the weakest step) ->
-advantage = reward standardised within its problem's group -> one pass of clipped
-policy-gradient updates in minibatches of batchSize, with a KL penalty (k3 estimator) to the
-reference policy (the model before RL; the adapters switched off when training LoRA).
+advantage = reward minus its group's mean (divided by the group's std with scaleRewards), groups
+all right or all wrong dropped -> one pass of clipped policy-gradient updates in minibatches of
+batchSize, log-probabilities taken under the sampling distribution (temperature, top-p), with a
+KL penalty (k3 estimator) to the reference policy (the model before RL; the adapters switched off
+when training LoRA), normalised per lossType (rl/grpo_loss.py). Greedy pass@1 on evalProblems
+held-out problems before and after is the stage's accuracy: rollout accuracy is not held out.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from .. import models, prm
 from ..checkpoints import StopRequest, atomic_dir, is_complete
 from ..data.problems import answers_match, split_solution
 from ..data.sources import load_problems
-from ..generation import left_padded, prompt_ids
+from ..generation import left_padded, prompt_ids, solve
 from ..job import StageJob
 from ..metrics import StageMetrics
 from ..stage_result import StageResult
 from ..training import StageInterrupted
+from .grpo_loss import group_advantages, policy_loss, sampling_logprobs
 
 PRM_AGGREGATE = "min"
 
@@ -35,7 +39,7 @@ class Rollout:
     completion: list[int]
     reward: float
     correct: bool
-    advantage: float = 0.0
+    advantage: float | None = None  # None: its group was dropped
     old_logprob: torch.Tensor | None = None
     reference_logprob: torch.Tensor | None = None
 
@@ -53,7 +57,10 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
                                   lr=rl.learning_rate, weight_decay=rl.weight_decay)
     problems = load_problems(job.spec.data.train, "spec.data.train")
     state_dir = job.paths.checkpoints("rl", "generator") / "latest"
-    start = _resume(state_dir, policy, optimizer)
+    start, before = _resume(state_dir, policy, optimizer)
+    held_out = _held_out(job)
+    if start == 0:
+        before = _pass_at_1(job, policy, tokenizer, held_out)
     history = []
     for iteration in range(start, rl.iterations):
         started = time.monotonic()
@@ -73,18 +80,49 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         history.append({"iteration": iteration + 1, "reward": reward, "accuracy": accuracy, "loss": loss})
         last = iteration + 1 == rl.iterations
         if (iteration + 1) % rl.checkpoint_every == 0 or stop.requested or last:
-            _save_state(state_dir, policy, optimizer, iteration + 1)
+            _save_state(state_dir, policy, optimizer, iteration + 1, before)
         if stop.requested and not last:
             raise StageInterrupted(f"generator training stopped at step {iteration + 1} after SIGTERM")
     models.save_trained(policy, tokenizer, job.paths.model("generator"))
-    result = StageResult(checkpoint=str(job.paths.model("generator")))
+    after = _pass_at_1(job, policy, tokenizer, held_out)
+    result = StageResult(checkpoint=str(job.paths.model("generator")), accuracy=after)
+    if after is not None:
+        metrics.accuracy("held-out", "pass@1", after)
+        result.metrics["heldout_pass1_after"] = after
+        if before is not None:
+            result.metrics["heldout_pass1_before"] = before
     if history:
-        result.accuracy = history[-1]["accuracy"]
-        result.metrics = {"first_reward": history[0]["reward"], "final_reward": history[-1]["reward"],
-                          "first_rollout_accuracy": history[0]["accuracy"],
-                          "final_rollout_accuracy": history[-1]["accuracy"]}
-    result.details = {"algorithm": "grpo", "resumed_from_iteration": start or None, "iterations": history}
+        result.metrics.update(first_reward=history[0]["reward"], final_reward=history[-1]["reward"],
+                              first_rollout_accuracy=history[0]["accuracy"],
+                              final_rollout_accuracy=history[-1]["accuracy"])
+    result.details = {"algorithm": "grpo", "resumed_from_iteration": start or None, "iterations": history,
+                      "held_out_problems": len(held_out)}
     return result
+
+
+def _held_out(job: StageJob) -> list:
+    """The first eval benchmark's first evalProblems problems: never trained on."""
+    count, benchmarks = job.spec.stages.rl.grpo.eval_problems, job.spec.data.eval
+    if not count or not benchmarks:
+        return []
+    return load_problems(benchmarks[0], "spec.data.eval[0]")[:count]
+
+
+@torch.no_grad()
+def _pass_at_1(job: StageJob, policy, tokenizer, problems) -> float | None:
+    if not problems:
+        return None
+    generation = job.spec.models.generator.generation
+    policy.eval()
+    texts = solve(policy, tokenizer, [p.question for p in problems], samples=1,
+                  max_new_tokens=job.spec.stages.rl.grpo.max_completion_tokens,
+                  max_prompt_tokens=generation.max_prompt_tokens, temperature=0.0, top_p=1.0,
+                  batch_size=job.spec.stages.rl.batch_size * job.spec.stages.rl.grpo.num_generations,
+                  instruction=generation.instruction)
+    policy.train()
+    separator = job.spec.step_separator
+    right = [answers_match(split_solution(outputs[0], separator)[1], p.answer) for outputs, p in zip(texts, problems)]
+    return sum(right) / len(right)
 
 
 @torch.no_grad()
@@ -97,8 +135,10 @@ def _rollouts(job, policy, tokenizer, problems, reward_model, prm_tokenizer) -> 
                for p in problems]
     ids, mask = left_padded(prompts, tokenizer.pad_token_id)
     width = ids.shape[1]
+    # top_k=0: no top-k beside top-p, whatever the model's generation_config says, so that
+    # sampling_logprobs recomputes exactly this distribution.
     generated = policy.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                                temperature=generation.temperature, top_p=generation.top_p,
+                                temperature=generation.temperature, top_p=generation.top_p, top_k=0,
                                 max_new_tokens=rl.grpo.max_completion_tokens, num_return_sequences=group,
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     policy.train()
@@ -116,12 +156,10 @@ def _rollouts(job, policy, tokenizer, problems, reward_model, prm_tokenizer) -> 
         scores = prm.score(reward_model, prm_tokenizer, solutions, separator, rl.batch_size * group, 4096)
         for rollout, step_scores in zip(rollouts, scores):
             rollout.reward += rl.grpo.prm_weight * prm.aggregate(step_scores, PRM_AGGREGATE)
-    for start in range(0, len(rollouts), group):
-        members = rollouts[start:start + group]
-        rewards = torch.tensor([r.reward for r in members])
-        normalised = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
-        for rollout, advantage in zip(members, normalised.tolist()):
-            rollout.advantage = advantage
+    advantages = group_advantages([r.reward for r in rollouts], [r.correct for r in rollouts], group,
+                                  rl.grpo.scale_rewards, rl.grpo.drop_uniform_groups)
+    for rollout, advantage in zip(rollouts, advantages):
+        rollout.advantage = advantage
     return rollouts
 
 
@@ -133,27 +171,25 @@ def _until_eos(row: list[int], tokenizer) -> list[int]:
 
 
 def _update(job, policy, reference, optimizer, rollouts: list[Rollout]) -> float:
-    rl = job.spec.stages.rl
-    learning = [r for r in rollouts if r.advantage != 0.0 and r.completion]
+    rl, generation = job.spec.stages.rl, job.spec.models.generator.generation
+    learning = [r for r in rollouts if r.advantage is not None and r.completion]
     if not learning:
-        return 0.0  # every group scored alike: no signal this iteration
+        return 0.0  # every group was all right or all wrong: no signal this iteration
+    sampling = (generation.temperature, generation.top_p)
     with torch.no_grad():
         for chunk in _chunks(learning, rl.batch_size):
-            old = _logprobs(policy, chunk)
-            ref = _reference_logprobs(policy, reference, chunk) if rl.grpo.kl_coef > 0 else old
+            old = _logprobs(policy, chunk, *sampling)
+            ref = _reference_logprobs(policy, reference, chunk, sampling) if rl.grpo.kl_coef > 0 else old
             for rollout, o, r in zip(chunk, old, ref):
                 rollout.old_logprob, rollout.reference_logprob = o, r
     total = 0.0
     for chunk in _chunks(learning, rl.batch_size):
-        losses = []
-        for rollout, logprob in zip(chunk, _logprobs(policy, chunk)):
-            ratio = torch.exp(logprob - rollout.old_logprob)
-            clipped = torch.clamp(ratio, 1 - rl.grpo.clip, 1 + rl.grpo.clip)
-            surrogate = torch.min(ratio * rollout.advantage, clipped * rollout.advantage)
-            delta = rollout.reference_logprob - logprob
-            kl = torch.exp(delta) - delta - 1  # k3: unbiased, always >= 0
-            losses.append((-surrogate + rl.grpo.kl_coef * kl).mean())
-        loss = torch.stack(losses).mean()
+        logprobs, mask = _padded(_logprobs(policy, chunk, *sampling))
+        old, _ = _padded([r.old_logprob for r in chunk])
+        ref, _ = _padded([r.reference_logprob for r in chunk])
+        advantages = torch.tensor([r.advantage for r in chunk], dtype=logprobs.dtype, device=logprobs.device)
+        loss = policy_loss(logprobs, old, ref, advantages, mask, rl.grpo.clip, rl.grpo.kl_coef, rl.grpo.loss_type,
+                           rl.grpo.max_completion_tokens)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.ppo.max_grad_norm)
         optimizer.step()
@@ -162,8 +198,19 @@ def _update(job, policy, reference, optimizer, rollouts: list[Rollout]) -> float
     return total / len(learning)
 
 
-def _logprobs(model, rollouts: list[Rollout]) -> list[torch.Tensor]:
-    """Log-probability of each completion token under model (right-padded batch)."""
+def _padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(completions, longest) values and the mask of real tokens."""
+    width = max(len(row) for row in rows)
+    values = torch.zeros((len(rows), width), dtype=rows[0].dtype, device=rows[0].device)
+    mask = torch.zeros_like(values)
+    for index, row in enumerate(rows):
+        values[index, :len(row)] = row
+        mask[index, :len(row)] = 1
+    return values, mask
+
+
+def _logprobs(model, rollouts: list[Rollout], temperature: float, top_p: float) -> list[torch.Tensor]:
+    """Log-probability of each completion token under the distribution it was sampled from."""
     device = next(model.parameters()).device
     sequences = [r.prompt + r.completion for r in rollouts]
     width = max(len(s) for s in sequences)
@@ -172,17 +219,17 @@ def _logprobs(model, rollouts: list[Rollout]) -> list[torch.Tensor]:
     for row, sequence in enumerate(sequences):
         ids[row, : len(sequence)] = torch.tensor(sequence)
         mask[row, : len(sequence)] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    logprobs = sampling_logprobs(logits[:, :-1], ids[:, 1:].to(device), temperature, top_p=top_p)
     return [logprobs[row, len(r.prompt) - 1: len(r.prompt) - 1 + len(r.completion)]
             for row, r in enumerate(rollouts)]
 
 
-def _reference_logprobs(policy, reference, rollouts):
+def _reference_logprobs(policy, reference, rollouts, sampling):
     if reference is not None:
-        return _logprobs(reference, rollouts)
+        return _logprobs(reference, rollouts, *sampling)
     with policy.disable_adapter():  # LoRA: the base model is the reference
-        return _logprobs(policy, rollouts)
+        return _logprobs(policy, rollouts, *sampling)
 
 
 def _autocast(job: StageJob):
@@ -196,20 +243,21 @@ def _chunks(items, size):
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def _save_state(folder, policy, optimizer, iteration: int) -> None:
+def _save_state(folder, policy, optimizer, iteration: int, heldout_before: float | None) -> None:
     with atomic_dir(folder) as staging:
         trainable = {name: p.detach().cpu() for name, p in policy.named_parameters() if p.requires_grad}
-        torch.save({"iteration": iteration, "parameters": trainable, "optimizer": optimizer.state_dict()},
-                   staging / "state.pt")
+        torch.save({"iteration": iteration, "parameters": trainable, "optimizer": optimizer.state_dict(),
+                    "heldout_before": heldout_before}, staging / "state.pt")
 
 
-def _resume(folder, policy, optimizer) -> int:
+def _resume(folder, policy, optimizer) -> tuple[int, float | None]:
+    """The iteration to go on from and the held-out pass@1 measured before RL began."""
     if not is_complete(folder):
-        return 0
+        return 0, None
     state = torch.load(folder / "state.pt", weights_only=True)
     parameters = dict(policy.named_parameters())
     with torch.no_grad():
         for name, value in state["parameters"].items():
             parameters[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
-    return state["iteration"]
+    return state["iteration"], state.get("heldout_before")

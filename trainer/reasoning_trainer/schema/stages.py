@@ -128,6 +128,18 @@ class GrpoSpec(SpecModel):
     correctness_weight: float = Field(1.0, ge=0.0, description="Weight of answer correctness in the reward.")
     prm_weight: float = Field(0.5, ge=0.0, description="Weight of the PRM trajectory score in the reward.")
     max_completion_tokens: int = Field(512, ge=1, le=131072, description="Longest sampled solution.")
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = Field(
+        "dapo", description="Loss normalisation: dapo (mean over every token of the batch, the default), grpo "
+                            "(each completion's token mean, then the mean: favours long wrong answers), dr_grpo "
+                            "(token sum / (completions x maxCompletionTokens): no length bias).")
+    scale_rewards: bool = Field(
+        False, description="Divide advantages by the group's standard deviation (DeepSeekMath). Off by default "
+                           "(Dr. GRPO): it blows PRM noise in a uniform group up to advantages of +-1.")
+    drop_uniform_groups: bool = Field(
+        True, description="Skip groups whose answers are all right or all wrong (DAPO): no correctness signal.")
+    eval_problems: int = Field(
+        64, ge=0, le=100_000, description="Held-out problems (the first eval benchmark) scored by greedy pass@1 "
+                                          "before and after RL; the stage's accuracy is the one after. 0: none.")
 
 
 class RlSpec(TrainingStageSpec):
