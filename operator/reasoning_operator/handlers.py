@@ -83,8 +83,9 @@ def build_registry(config: OperatorConfig, webhook: bool = False,
         settings.watching.label_selectors["batch", "jobs"] = RUN_LABEL
         settings.watching.label_selectors["", "pods"] = RUN_LABEL
         connection = credentials(settings, logger, memo)
-        operator = memo.operator = Operator(config, Kube(connection, lambda: credentials(settings, logger, memo)),
-                                            OperatorMetrics())
+        metrics = OperatorMetrics()
+        kube = Kube(connection, lambda: credentials(settings, logger, memo), counter=metrics.api_requests)
+        operator = memo.operator = Operator(config, kube, metrics)
         if config.metrics_port:
             start_http_server(config.metrics_port, registry=operator.metrics.registry)
         operator.tasks = [asyncio.create_task(work(operator)) for _ in range(config.workers)]
@@ -270,7 +271,10 @@ async def act(operator: Operator, run: Run, admitted: Admitted, decision: Decisi
             await kube.create(claim)
         image = spec.image or operator.config.trainer_image
         for child in stage_children(run, spec, admitted.plan, decision.create, image, operator.config):
-            await kube.create(child)
+            created = await kube.create(child)
+            if created is not None and created.get("kind") == "Job":
+                # known now, so the next pass need not ask whether the watch has delivered it yet
+                operator.cache.store_child("Job", (run.namespace, run.name), created)
     if decision.remove:
         await kube.delete("Job", run.namespace, job_name(run.name, decision.remove))
 

@@ -62,10 +62,12 @@ def path_of(kind: str, namespace: str | None, name: str | None = None, subresour
 
 
 class Kube:
-    def __init__(self, connection: kopf.ConnectionInfo, relogin: Callable[[], kopf.ConnectionInfo] | None = None):
+    def __init__(self, connection: kopf.ConnectionInfo, relogin: Callable[[], kopf.ConnectionInfo] | None = None,
+                 counter=None):
         self._connection = connection
         self._relogin = relogin
         self._session: aiohttp.ClientSession | None = None
+        self._counter = counter  # a Counter labelled verb, resource, code: every answer is counted
 
     async def close(self) -> None:
         if self._session is not None:
@@ -86,16 +88,15 @@ class Kube:
                                            for key, value in selector.items())}
         return (await self.request("GET", path_of(kind, namespace), params=query)).get("items", [])
 
-    async def create(self, body: dict[str, Any]) -> bool:
-        """True when created now, False when it already existed."""
+    async def create(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The object as created now, or None when it already existed."""
         meta = body["metadata"]
         try:
-            await self.request("POST", path_of(body["kind"], meta.get("namespace")), json=body)
+            return await self.request("POST", path_of(body["kind"], meta.get("namespace")), json=body)
         except ApiError as error:
             if error.status == 409:
-                return False
+                return None
             raise
-        return True
 
     async def replace(self, body: dict[str, Any]) -> dict[str, Any]:
         """PUT: refused with 409 when ``metadata.resourceVersion`` is not the stored one."""
@@ -151,6 +152,8 @@ class Kube:
                 async with session.request(method, self._connection.server.rstrip("/") + path, params=params,
                                            json=json, headers={"Content-Type": content_type}) as response:
                     body = await _body(response)
+                    if self._counter is not None:
+                        self._counter.labels(method, _resource(path), str(response.status)).inc()
                     if response.status < 400:
                         return body
                     if response.status == 401 and self._relogin is not None and not relogged:
@@ -185,6 +188,16 @@ class Kube:
                 headers=headers, auth=auth, connector=aiohttp.TCPConnector(ssl=_ssl_context(connection), limit=20),
                 timeout=aiohttp.ClientTimeout(total=60))
         return self._session
+
+
+def _resource(path: str) -> str:
+    """The resource a REST path names: .../namespaces/NS/jobs/NAME/status -> jobs/status."""
+    parts = path.split("?")[0].strip("/").split("/")
+    if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2:
+        parts = parts[parts.index("namespaces") + 2:]
+    else:
+        parts = parts[2:] if parts[0] == "api" else parts[3:]
+    return parts[0] + (f"/{parts[2]}" if len(parts) > 2 else "") if parts else "/"
 
 
 async def _body(response: aiohttp.ClientResponse) -> Any:

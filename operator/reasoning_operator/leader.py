@@ -33,6 +33,7 @@ class LeaderElection:
         self.kube, self.namespace, self.name, self.identity, self.timing = kube, namespace, name, identity, timing
         self._seen: tuple[Any, ...] | None = None  # the record as last read
         self._seen_at = 0.0  # our monotonic clock when that record last changed
+        self._held: dict[str, Any] | None = None  # the Lease as this replica last wrote it
 
     async def acquire(self) -> None:
         """Returns once this replica holds the Lease."""
@@ -76,7 +77,12 @@ class LeaderElection:
             log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, error)
 
     async def _try(self) -> bool:
-        """Take or renew the Lease if it is ours, free, or expired; False if another replica holds it."""
+        """Take or renew the Lease if it is ours, free, or expired; False if another replica holds it.
+        A holder renews with one PUT of the copy it last wrote; only a conflict makes it read."""
+        if self._held is not None:
+            self._held["spec"]["renewTime"] = _now()
+            if await self._write(self._held):
+                return True
         lease = await self.kube.get("Lease", self.namespace, self.name)
         now = _now()
         if lease is None:
@@ -99,17 +105,15 @@ class LeaderElection:
         return await self._write(lease)
 
     async def _write(self, lease: dict[str, Any], create: bool = False) -> bool:
+        self._held = None
         try:
-            if create:
-                if not await self.kube.create(lease):
-                    return False
-            else:
-                await self.kube.replace(lease)
+            written = await self.kube.create(lease) if create else await self.kube.replace(lease)
         except ApiError as error:
             if error.status == 409:  # another replica wrote first
                 return False
             raise
-        return True
+        self._held = written
+        return written is not None
 
     def _spec(self, acquired: str, renewed: str, transitions: int) -> dict[str, Any]:
         return {"holderIdentity": self.identity, "leaseDurationSeconds": self.timing.lease_seconds,

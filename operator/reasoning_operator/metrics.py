@@ -21,6 +21,9 @@ METRICS = {
     "rto_operator_stage_duration_seconds": ("histogram", "Duration of succeeded stages.", ("stage",)),
     "rto_operator_reconcile_errors_total": ("counter", "Reconcile passes that raised, by error type.", ("error",)),
     "rto_operator_handler_duration_seconds": ("histogram", "Wall time of one reconcile pass.", ("handler",)),
+    "rto_operator_api_requests_total": ("counter", "Requests the reconciler sent to the API server (watch "
+                                        "streams not included), by verb, resource and status code.",
+                                        ("verb", "resource", "code")),
 }
 
 
@@ -60,6 +63,8 @@ class OperatorMetrics:
                                         buckets=STAGE_BUCKETS, registry=self.registry)
         self.errors = Counter("rto_operator_reconcile_errors", METRICS["rto_operator_reconcile_errors_total"][1],
                               ["error"], registry=self.registry)
+        self.api_requests = Counter("rto_operator_api_requests", METRICS["rto_operator_api_requests_total"][1],
+                                    ["verb", "resource", "code"], registry=self.registry)
         self.handler_duration = Histogram("rto_operator_handler_duration_seconds",
                                           METRICS["rto_operator_handler_duration_seconds"][1], ["handler"],
                                           buckets=HANDLER_BUCKETS, registry=self.registry)

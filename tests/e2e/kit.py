@@ -223,22 +223,27 @@ class JobWatcher(threading.Thread):
         self.finished: dict[str, float] = {}
         self._stop = threading.Event()
         self._watch = watch.Watch()
+        self._version: str | None = None  # resume from here, so no event is replayed out of order
 
     def run(self) -> None:
         while not self._stop.is_set():
             try:
                 for event in self._watch.stream(self.cluster.batch.list_namespaced_job, self.namespace,
-                                                timeout_seconds=5):
+                                                timeout_seconds=30, resource_version=self._version):
                     self._seen(event["object"])
-            except Exception:  # the API server restarting under the watch: watch again
+                    self._version = event["object"].metadata.resource_version
+            except Exception:  # the API server restarting, or the version expired: watch again from now
+                self._version = None
                 time.sleep(0.5)
 
     def _seen(self, job) -> None:
         name, now = job.metadata.name, time.monotonic()
         self.uids[name].add(job.metadata.uid)
         self.created.setdefault(name, now)
-        done = any(condition.type in ("Complete", "Failed") and condition.status == "True"
-                   for condition in (job.status.conditions or []))
+        # SuccessCriteriaMet and FailureTarget come first (the operator acts on them); Complete and
+        # Failed once the pods have stopped.
+        done = any(condition.type in ("SuccessCriteriaMet", "FailureTarget", "Complete", "Failed")
+                   and condition.status == "True" for condition in (job.status.conditions or []))
         if done:
             self.finished.setdefault(name, now)
 
