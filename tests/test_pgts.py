@@ -13,7 +13,7 @@ from reasoning_trainer.rl import pgts
 from reasoning_trainer.rl.policy import TreePolicy
 from reasoning_trainer.rl.ppo import gae, ppo_loss
 from reasoning_trainer.rl.search import search
-from reasoning_trainer.rl.tree import BACKTRACK, BRANCH, EXPAND, Tree
+from reasoning_trainer.rl.tree import BRANCH, EXPAND, TERMINATE, Tree
 
 FEATURE = torch.zeros(8)
 PGTS = {"stages": {"select": {"enabled": False}, "sft": {"enabled": False},
@@ -48,22 +48,23 @@ def tree(max_depth=3, max_nodes=6) -> Tree:
     return Tree.start("q", FEATURE, max_depth, max_nodes)
 
 
-def test_the_root_allows_only_expand_and_terminate():
-    assert tree().mask() == [True, False, False, True]
-    assert not tree().mask()[BACKTRACK]
+def test_the_root_allows_only_expand():
+    assert tree().mask() == [True, False, False, False]
 
 
 def test_max_depth_a_full_tree_and_an_answer_mask_what_cannot_happen():
     deep = tree(max_depth=2)
     deep.add_step(0, "a", 0.5, FEATURE)
     deep.add_step(1, "b", 0.5, FEATURE)
-    assert deep.mask() == [False, True, True, True]
+    assert deep.mask() == [False, True, True, False], "no answer here: terminate is not allowed"
     full = tree(max_nodes=2)
     full.add_step(0, "a", 0.5, FEATURE)
-    assert full.mask() == [False, False, True, True]
+    assert full.mask() == [False, False, True, False]
+    full.backtrack()
+    assert full.mask() == [False, False, False, True], "nothing else left: a stop without an answer"
     answered = tree()
     answered.add_step(0, "#### 4", 0.9, FEATURE)
-    assert answered.mask()[EXPAND] is False
+    assert answered.mask() == [False, True, True, True]
 
 
 def test_branch_adds_a_sibling_of_the_current_step_and_backtrack_returns_to_the_parent():
@@ -78,17 +79,16 @@ def test_branch_adds_a_sibling_of_the_current_step_and_backtrack_returns_to_the_
     assert sorted(t.leaves()) == [child, sibling]
 
 
-def test_the_answer_is_the_best_finished_path_by_mean_prm_score():
+def test_the_answer_is_the_one_of_the_step_the_policy_terminated_at():
     t = tree(max_depth=5, max_nodes=10)
     a = t.add_step(0, "x = 3", 0.9, FEATURE)
-    t.add_step(a, "#### 7", 0.9, FEATURE)  # mean 0.9
+    t.add_step(a, "#### 7", 0.9, FEATURE)  # the better-scored answer elsewhere in the tree
     b = t.add_step(0, "y = 4", 0.6, FEATURE)
-    c = t.add_step(b, "z = 5", 0.6, FEATURE)
-    t.add_step(c, "#### 8", 0.6, FEATURE)  # larger sum (1.8) but lower mean (0.6)
-    assert t.final_answer() == "7"
+    t.add_step(b, "#### 8", 0.6, FEATURE)
+    assert t.final_answer() == "8"
     unfinished = tree()
     unfinished.add_step(0, "3 + 4 = 7", 0.5, FEATURE)
-    assert unfinished.final_answer() == "7"  # no answer line: the number the terminal node ends on
+    assert unfinished.final_answer() is None, "no answer step reached: no answer"
 
 
 @pytest.fixture
@@ -140,21 +140,31 @@ def test_the_search_uses_the_batch_and_cache_the_planner_fitted(plan_file):
     assert (pgts.planned_limits(short).search_batch, pgts.planned_limits(short).cache_kv) == (2, False)
 
 
-def test_every_episode_ends_with_the_outcome_reward_and_respects_the_limits(searcher):
+def test_growing_the_tree_does_not_pay_rewards_sum_to_the_outcome_minus_the_action_costs(searcher):
     job, models = searcher
     limits = job.spec.stages.rl.pgts
     problems = load_problems(job.spec.data.train, "spec.data.train")[:4]
-    for episode in search(models, limits, problems, [1, 2, 3, 4]):
+    rewards = limits.rewards
+    costs = rewards.action_costs
+    for episode in search(models, limits, problems, [1, 2, 3, 4], gamma=1.0):
         assert len(episode.tree.nodes) <= limits.max_nodes
         assert max(node.depth for node in episode.tree.nodes) <= limits.max_depth
-        rewards = limits.rewards
-        outcome = rewards.correct if episode.correct else rewards.wrong
-        # The last action pays its step penalty, possibly a PRM score (0..1) or the invalid-action
-        # penalty, and the outcome.
-        extra = episode.decisions[-1].reward - outcome - rewards.step_penalty
-        assert rewards.invalid_action - 1e-6 <= extra <= rewards.prm_weight * rewards.prm_scale + 1e-6
+        sizes = [d.state.size for d in episode.decisions] + [len(episode.tree.nodes)]
+        failed = sum(1 for d, after in zip(episode.decisions, sizes[1:])
+                     if d.action in (EXPAND, BRANCH) and after == d.state.size)
+        paid = sum((costs.expand, costs.branch, costs.backtrack, costs.terminate)[d.action]
+                   for d in episode.decisions)
+        outcome = rewards.outcome_weight * (rewards.correct if episode.correct else rewards.wrong)
+        # The PRM shaping is a difference of potentials: it telescopes to nothing over the episode,
+        # whatever the tree's size (the old per-node PRM reward paid for every step added).
+        total = sum(d.reward for d in episode.decisions)
+        assert total == pytest.approx(outcome - paid + failed * rewards.invalid_action, abs=1e-5)
         for decision in episode.decisions:
             assert decision.state.mask[decision.action], "a masked action was taken"
+        last = episode.decisions[-1]
+        if last.action == TERMINATE:  # at an answer step, and that step's answer; or forced, with none
+            assert episode.answer == episode.tree.nodes[episode.tree.current].answer
+            assert episode.answer is not None or last.state.mask == (False, False, False, True)
         assert all(math.isfinite(d.logprob) for d in episode.decisions)
 
 

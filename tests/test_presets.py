@@ -42,7 +42,9 @@ def test_presets_match_the_reference(name, generator, reward_model, prm_batch, a
             ppo.max_grad_norm) == (4, 0.2, 0.5, 0.01, 0.95, 0.99, 1.0)
     assert (rl.pgts.max_depth, rl.pgts.max_nodes, rl.pgts.temperature) == (depth, nodes, 0.8)
     rewards = rl.pgts.rewards
-    assert (rewards.correct, rewards.wrong, rewards.step_penalty) == (10.0, -5.0, -0.1)
+    assert (rewards.correct, rewards.wrong) == (10.0, -5.0)
+    costs = rewards.action_costs
+    assert (costs.expand, costs.branch, costs.backtrack, costs.terminate) == (0.1, 0.2, 0.5, 0.0)
     generation = models.generator.generation
     assert (generation.max_new_tokens, generation.temperature, generation.top_p) == (128, 0.7, 0.95)
 

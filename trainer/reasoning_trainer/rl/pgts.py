@@ -3,9 +3,9 @@ transformer learns, with PPO, when to expand a reasoning step, branch to an alte
 backtrack or stop.
 
 Per iteration: problemsPerIteration problems -> batched tree search (search.py), each action
-rewarded with the step penalty, the PRM score of a step it generated (or the invalid-action
-penalty when nothing came out) and, on the last action, +correct / wrong for the final answer
--> GAE (gamma, lambda) -> ppo.epochs epochs of clipped PPO over minibatches of batchSize
+rewarded with minus its cost, the PRM's potential-based shaping (a difference of step scores, so
+growing the tree does not pay), the invalid-action penalty when an expansion produced nothing and,
+on the last action, +correct / wrong for the answer of the step it stopped at -> GAE (gamma, lambda) -> ppo.epochs epochs of clipped PPO over minibatches of batchSize
 trajectories. Held-out accuracy of the search is measured before and after training.
 """
 
@@ -48,7 +48,7 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         rng = random.Random(iteration)  # a resumed run draws the problems it would have drawn
         batch = [problems[rng.randrange(len(problems))] for _ in range(rl.problems_per_iteration)]
         seeds = [iteration * 1_000_033 + number for number in range(len(batch))]
-        episodes, found = timed_search(searcher, planned_limits(job), batch, seeds)
+        episodes, found = timed_search(searcher, planned_limits(job), batch, seeds, gamma=rl.ppo.gamma)
         losses = update(policy, optimizer, episodes, job)
         record = {
             "iteration": iteration + 1, "accuracy": sum(e.correct for e in episodes) / len(episodes),
@@ -114,7 +114,9 @@ def update(policy: TreePolicy, optimizer, episodes: list[Episode], job: StageJob
     mean, std = flat.mean(), flat.std() if len(flat) > 1 else torch.tensor(1.0)
     device = next(policy.parameters()).device
     order = torch.Generator().manual_seed(len(flat))
-    policy.train()
+    # The same mode the actions were chosen in (search runs the policy in eval mode): with dropout on
+    # here, the ratio would be 0.85-1.2 before any update and clipping would cut real gradients.
+    policy.eval()
     totals = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "loss": 0.0}
     updates = 0
     for _ in range(ppo.epochs):

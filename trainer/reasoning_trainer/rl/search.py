@@ -80,8 +80,10 @@ class SearchStats:
 
 
 def search(models: SearchModels, pgts: PgtsSpec, problems: list[Problem], seeds: list[int],
-           greedy_actions: bool = False) -> list[Episode]:
-    """Search every problem's tree to its end; rewards are recorded on each decision."""
+           greedy_actions: bool = False, gamma: float = 1.0) -> list[Episode]:
+    """Search every problem's tree to its end; rewards are recorded on each decision: minus the
+    action's cost, the PRM shaping gamma x potential(after) - potential(before) (the potential of
+    a finished tree is 0), and the outcome on the last one. ``gamma``: the PPO discount."""
     rngs = [torch.Generator().manual_seed(seed) for seed in seeds]
     prompts = [models.prompt(p.question) for p in problems]
     roots, prompt_kv = _extend(models.generator, None, prompts)
@@ -97,12 +99,12 @@ def search(models: SearchModels, pgts: PgtsSpec, problems: list[Problem], seeds:
         device = next(models.policy.parameters()).device
         with torch.no_grad():
             logits, values = models.policy(encode([(episodes[i].tree, s) for i, s in zip(active, states)], device))
-        requests = []
+        requests, before = [], [episodes[i].tree.potential() for i in active]
         for row, i in enumerate(active):
             episode, state = episodes[i], states[row]
             action = _choose(logits[row].float().cpu(), rngs[i], greedy_actions)
             logprob = torch.log_softmax(logits[row].float(), -1)[action].item()
-            decision = Decision(state, action, logprob, values[row].item(), pgts.rewards.step_penalty)
+            decision = Decision(state, action, logprob, values[row].item(), -_cost(pgts, action))
             episode.decisions.append(decision)
             if action == BACKTRACK:
                 episode.tree.backtrack()
@@ -113,13 +115,21 @@ def search(models: SearchModels, pgts: PgtsSpec, problems: list[Problem], seeds:
             if len(episode.decisions) >= max_actions and action in (BACKTRACK, TERMINATE):
                 episode.tree.done = True
         _grow(models, pgts, episodes, requests, rngs)
-        for i in active:
+        shaping = pgts.rewards.prm_weight * pgts.rewards.prm_scale
+        for i, potential in zip(active, before):
             episode = episodes[i]
             if len(episode.decisions) >= max_actions:
                 episode.tree.done = True
+            after = 0.0 if episode.tree.done else episode.tree.potential()
+            episode.decisions[-1].reward += shaping * (gamma * after - potential)
             if episode.tree.done:
                 _settle(episode, pgts)
     return episodes
+
+
+def _cost(pgts: PgtsSpec, action: int) -> float:
+    costs = pgts.rewards.action_costs
+    return (costs.expand, costs.branch, costs.backtrack, costs.terminate)[action]
 
 
 def stats(episodes: list[Episode], seconds: float) -> SearchStats:
@@ -129,12 +139,13 @@ def stats(episodes: list[Episode], seconds: float) -> SearchStats:
                        sum(len(e.tree.leaves()) for e in episodes) / count)
 
 
-def timed_search(models, pgts, problems, seeds, greedy_actions=False) -> tuple[list[Episode], SearchStats]:
+def timed_search(models, pgts, problems, seeds, greedy_actions=False,
+                 gamma: float = 1.0) -> tuple[list[Episode], SearchStats]:
     started = time.monotonic()
     episodes = []
     for start in range(0, len(problems), pgts.search_batch):
         episodes += search(models, pgts, problems[start:start + pgts.search_batch],
-                           seeds[start:start + pgts.search_batch], greedy_actions)
+                           seeds[start:start + pgts.search_batch], greedy_actions, gamma)
     return episodes, stats(episodes, time.monotonic() - started)
 
 
@@ -174,13 +185,11 @@ def _grow(models: SearchModels, pgts: PgtsSpec, episodes: list[Episode], request
                                     [step for _, _, _, step, _, _ in made])
     else:
         features, step_kv = _extend(models.generator, None, [prefix + step for _, _, _, step, prefix, _ in made])
-    rewards = pgts.rewards
     for (i, parent, text, step, _, _), step_scores, feature, kv in zip(made, scores, features, step_kv):
         score = step_scores[-1] if step_scores else 0.0
         child = episodes[i].tree.add_step(parent, text, score, feature, tuple(step))
         if pgts.cache_kv:
             episodes[i].kv[child] = kv
-        episodes[i].decisions[-1].reward += rewards.prm_weight * rewards.prm_scale * score
 
 
 def _settle(episode: Episode, pgts: PgtsSpec) -> None:

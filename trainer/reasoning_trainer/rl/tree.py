@@ -48,14 +48,13 @@ class Tree:
 
     def mask(self) -> list[bool]:
         """Which actions are allowed now: no branch or backtrack at the root, no expansion at the
-        deepest level or past an answer, no new node once the tree is full."""
+        deepest level or past an answer, no new node once the tree is full; terminate only at a
+        step that states the final answer, unless nothing else is left (a stop with no answer)."""
         node = self.nodes[self.current]
         room = len(self.nodes) < self.max_nodes
         at_root = node.parent is None
-        return [room and node.depth < self.max_depth and node.answer is None,
-                room and not at_root,
-                not at_root,
-                True]
+        moves = [room and node.depth < self.max_depth and node.answer is None, room and not at_root, not at_root]
+        return moves + [node.answer is not None or not any(moves)]
 
     def path(self, index: int | None = None) -> list[int]:
         """Node indices from the first step down to ``index`` (default: the current node)."""
@@ -92,18 +91,14 @@ class Tree:
         return [i for i in range(1, len(self.nodes)) if i not in parents]
 
     def final_answer(self) -> str | None:
-        """The answer of the best finished path by mean (not summed: longer is not better) PRM
-        score; without one, the number the policy's terminal node ends on."""
-        finished = [i for i in range(1, len(self.nodes)) if self.nodes[i].answer is not None]
-        if finished:
-            best = max(finished, key=lambda i: (self.mean_score(i), -i))
-            return self.nodes[best].answer
-        steps = self.steps()
-        return extract_number(steps[-1], last=True) if steps else None
+        """The answer of the step the policy terminated at: what the policy chose, not the best
+        leaf anywhere in the tree. None when the search stopped without reaching an answer."""
+        return self.nodes[self.current].answer
 
-    def mean_score(self, index: int) -> float:
-        path = self.path(index)
-        return sum(self.nodes[i].score for i in path) / len(path)
+    def potential(self) -> float:
+        """The PRM's score of the current step, the potential of the reward shaping (the root's is 0)."""
+        node = self.nodes[self.current]
+        return 0.0 if node.parent is None else node.score
 
     def state(self) -> TreeState:
         return TreeState(len(self.nodes), self.current, tuple(self.mask()))

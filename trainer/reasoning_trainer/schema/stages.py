@@ -80,14 +80,27 @@ class PpoSpec(SpecModel):
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient-norm clip.")
 
 
+class ActionCostsSpec(SpecModel):
+    """What each action costs (subtracted from its reward), as in the PGTS paper."""
+
+    expand: float = Field(0.1, ge=0.0, description="Cost of a child of the current step.")
+    branch: float = Field(0.2, ge=0.0, description="Cost of a sibling of the current step.")
+    backtrack: float = Field(0.5, ge=0.0, description="Cost of returning to the parent step.")
+    terminate: float = Field(0.0, ge=0.0, description="Cost of stopping at an answer.")
+
+
 class PgtsRewardsSpec(SpecModel):
+    """An action's reward: minus its cost, plus the PRM shaping prmWeight x prmScale x (gamma x
+    score(next node) - score(current node)) (potential-based: along any path it sums to what the
+    path started from, so growing the tree does not pay), plus the outcome on the last action."""
+
     correct: float = Field(10.0, description="Final reward for a correct answer.")
-    wrong: float = Field(-5.0, description="Final reward for a wrong answer.")
-    step_penalty: float = Field(-0.1, le=0.0, description="Reward added for every action (a cost).")
-    invalid_action: float = Field(-1.0, le=0.0, description="Reward for an action the masks forbid.")
-    prm_scale: float = Field(1.0, ge=0.0, description="Scale of the PRM step score used as step reward.")
+    wrong: float = Field(-5.0, description="Final reward for a wrong answer (or no answer).")
+    action_costs: ActionCostsSpec = Field(default_factory=ActionCostsSpec)
+    invalid_action: float = Field(-1.0, le=0.0, description="Reward for an expansion that produced no step.")
+    prm_scale: float = Field(1.0, ge=0.0, description="Scale of the PRM shaping.")
     outcome_weight: float = Field(1.0, ge=0.0, description="Weight of the final (outcome) reward.")
-    prm_weight: float = Field(1.0, ge=0.0, description="Weight of the PRM step rewards.")
+    prm_weight: float = Field(1.0, ge=0.0, description="Weight of the PRM shaping.")
 
 
 class PgtsSpec(SpecModel):
