@@ -10,9 +10,16 @@ import torch
 def solve(model, tokenizer, questions: list[str], samples: int, max_new_tokens: int, max_prompt_tokens: int,
           temperature: float, top_p: float, batch_size: int, instruction: str = "") -> list[list[str]]:
     """``samples`` completions per question (greedy when samples is 1 and temperature 0)."""
+    prompts = [prompt_ids(tokenizer, question, instruction)[-max_prompt_tokens:] for question in questions]
+    return continue_prompts(model, tokenizer, prompts, samples, max_new_tokens, temperature, top_p, batch_size)
+
+
+@torch.no_grad()
+def continue_prompts(model, tokenizer, prompts: list[list[int]], samples: int, max_new_tokens: int,
+                     temperature: float, top_p: float, batch_size: int) -> list[list[str]]:
+    """``samples`` continuations of each token prompt (greedy when samples is 1 and temperature 0)."""
     device = next(model.parameters()).device
     greedy = samples == 1 and temperature == 0
-    prompts = [prompt_ids(tokenizer, question, instruction)[-max_prompt_tokens:] for question in questions]
     per_batch = max(1, batch_size // samples) if samples > 1 else batch_size
     outputs: list[list[str]] = []
     for start in range(0, len(prompts), per_batch):

@@ -10,6 +10,7 @@ last score is the PRM's verdict on the outcome.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from .data.sources import load_problems
 from .generation import prompt_ids
 from .job import StageJob
 from .metrics import StageMetrics
+from .prm_labels import Sampling, monte_carlo_traces, position_baseline
 
 IGNORE = -100
 VALIDATION_SHARE = 0.1
@@ -94,8 +96,9 @@ def step_label_traces(problems: list[Problem], incorrect_per_problem: int, seed:
 
 
 def labelled_steps(trace: Trace) -> tuple[list[str], list[bool]]:
-    """Steps plus the final-answer line; the answer line is correct only if every step is."""
-    return prm_steps(trace.steps, trace.answer), [*trace.labels, all(trace.labels)]
+    """Steps plus the final-answer line; the answer line is correct only if every step is and the
+    answer is right."""
+    return prm_steps(trace.steps, trace.answer), [*trace.labels, all(trace.labels) and trace.correct]
 
 
 def train_reward_model(job: StageJob, stage: str, metrics: StageMetrics, stop: StopRequest,
@@ -116,10 +119,7 @@ def train_reward_model(job: StageJob, stage: str, metrics: StageMetrics, stop: S
     dataset = [_example(tokenizer, trace, separator, sft.max_seq_length) for trace in train_traces]
     arguments = training.training_arguments(sft, job.stage_plan(stage), job.paths.checkpoints(stage, "reward-model"),
                                             job.spec.models.reward_model.dtype, training.on_gpu())
-    tokenizer.padding_side = "right"
-    trainer = Trainer(model=model, args=arguments, train_dataset=dataset,
-                      data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE))
-    outcome = training.train(trainer, "rewardModel", metrics, stop, progress_span)
+    outcome = _fit(model, tokenizer, dataset, arguments, metrics, stop, progress_span)
     model.eval()
     after = evaluate(model, tokenizer, validation, separator, sft.max_seq_length)
     for name, value in after.items():
@@ -132,6 +132,56 @@ def train_reward_model(job: StageJob, stage: str, metrics: StageMetrics, stop: S
     }
 
 
+def train_on_generator_samples(job: StageJob, metrics: StageMetrics, stop: StopRequest,
+                               progress_span: tuple[float, float]) -> dict:
+    """Train the PRM further on Monte-Carlo step labels of the trained generator's own solutions
+    (prm_labels.py), judged on other problems' samples against a position-only baseline."""
+    sft, generation = job.spec.stages.sft, job.spec.models.generator.generation
+    spec, separator = sft.monte_carlo, job.spec.models.reward_model.step_separator
+    problems = load_problems(job.spec.data.train, "spec.data.train")
+    held_out = max(1, int(min(len(problems), spec.problems) * VALIDATION_SHARE))
+    evaluation = job.spec.stages.eval
+    sampling = Sampling(spec.samples_per_problem, spec.completions, spec.max_new_tokens, generation.max_prompt_tokens,
+                        generation.temperature, generation.top_p, evaluation.batch_size if evaluation else 32,
+                        generation.instruction)
+    generator = models.load_generator(job, "sft")  # the generator this stage just trained
+    generator_tokenizer = models.load_tokenizer(job, "generator")
+    started = time.monotonic()
+    train_traces, _ = monte_carlo_traces(generator, generator_tokenizer, problems[held_out:held_out + spec.problems],
+                                         separator, sampling, seed=0)
+    validation, _ = monte_carlo_traces(generator, generator_tokenizer, problems[:held_out], separator, sampling,
+                                       seed=1)
+    labelling_seconds = time.monotonic() - started
+    del generator
+    tokenizer = models.load_tokenizer(job, "rewardModel")
+    model = models.load_reward_model(job, "sft", trainable=True)
+    baseline = position_baseline([labelled_steps(t)[1] for t in train_traces],
+                                 [labelled_steps(t)[1] for t in validation])
+    before = evaluate(model, tokenizer, validation, separator, sft.max_seq_length, baseline)
+    dataset = [_example(tokenizer, trace, separator, sft.max_seq_length) for trace in train_traces]
+    arguments = training.training_arguments(sft.model_copy(update={"epochs": spec.epochs}), job.stage_plan("sft"),
+                                            job.paths.checkpoints("sft", "reward-model-montecarlo"),
+                                            job.spec.models.reward_model.dtype, training.on_gpu())
+    outcome = _fit(model, tokenizer, dataset, arguments, metrics, stop, progress_span)
+    model.eval()
+    after = evaluate(model, tokenizer, validation, separator, sft.max_seq_length, baseline)
+    for name, value in after.items():
+        metrics.accuracy("prm-generator-samples", name, value, step=outcome.steps)
+    models.save_trained(model, tokenizer, job.paths.model("reward-model"))
+    wrong = sum(not all(labelled_steps(t)[1]) for t in train_traces)
+    return {"labels": "montecarlo", "steps": outcome.steps, "final_loss": outcome.final_loss,
+            "train_traces": len(train_traces), "train_traces_with_a_wrong_step": wrong,
+            "validation_traces": len(validation), "labelling_seconds": labelling_seconds,
+            "before": before, "after": after, "checkpoint": str(job.paths.model("reward-model"))}
+
+
+def _fit(model, tokenizer, dataset, arguments, metrics, stop, progress_span):
+    tokenizer.padding_side = "right"
+    trainer = Trainer(model=model, args=arguments, train_dataset=dataset,
+                      data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE))
+    return training.train(trainer, "rewardModel", metrics, stop, progress_span)
+
+
 def _example(tokenizer, trace: Trace, separator: str, max_tokens: int) -> dict:
     steps, labels = labelled_steps(trace)
     encoded = encode(tokenizer, trace.problem.question, steps, separator, max_tokens)
@@ -141,8 +191,10 @@ def _example(tokenizer, trace: Trace, separator: str, max_tokens: int) -> dict:
     return {"input_ids": encoded.input_ids, "labels": targets}
 
 
-def evaluate(model, tokenizer, traces: list[Trace], separator: str, max_tokens: int) -> dict[str, float]:
-    """Step accuracy, F1 at finding wrong steps, and AUROC of the trajectory score (min over steps)."""
+def evaluate(model, tokenizer, traces: list[Trace], separator: str, max_tokens: int,
+             baseline: list[list[float]] | None = None) -> dict[str, float]:
+    """Step accuracy, F1 at finding wrong steps, AUROC of the step scores, AUROC of the trajectory
+    score (min over steps); with ``baseline`` (scores per step from position alone), its step AUROC."""
     solutions, labels = [], []
     for trace in traces:
         steps, step_labels = labelled_steps(trace)
@@ -162,8 +214,13 @@ def evaluate(model, tokenizer, traces: list[Trace], separator: str, max_tokens: 
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     trajectory_scores = [aggregate(s, "min") for s in scores]
     trajectory_correct = [all(y) for y in labels]
-    return {"step_accuracy": hits / max(len(pairs), 1), "wrong_step_f1": f1,
-            "trajectory_auroc": auroc(trajectory_scores, trajectory_correct)}
+    found = {"step_accuracy": hits / max(len(pairs), 1), "wrong_step_f1": f1,
+             "step_auroc": auroc([p for p, _ in pairs], [y for _, y in pairs]),
+             "trajectory_auroc": auroc(trajectory_scores, trajectory_correct)}
+    if baseline is not None:
+        flat = [p for trace_scores, trace_labels in zip(baseline, labels) for p, _ in zip(trace_scores, trace_labels)]
+        found["position_baseline_step_auroc"] = auroc(flat, [y for _, y in pairs])
+    return found
 
 
 def auroc(scores: list[float], positives: list[bool]) -> float:

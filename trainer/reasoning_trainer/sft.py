@@ -35,17 +35,24 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
             result.details["reward_model"] = prm.train_reward_model(job, "sft", metrics, stop, span)
         result.checkpoint = str(job.paths.model("reward-model"))
         result.metrics.update({f"prm_{k}": v for k, v in result.details["reward_model"].get("after", {}).items()})
+    refines = job.spec.reward_model_refined_on_samples()
     if trains_generator:
-        result.details["generator"] = train_generator(job, metrics, stop)
+        end = 0.6 if refines else 1.0
+        result.details["generator"] = train_generator(job, metrics, stop, end)
         result.checkpoint = str(job.paths.model("generator"))
         result.accuracy = result.details["generator"]["held_out_accuracy_after"]
         result.metrics["held_out_accuracy_before"] = result.details["generator"]["held_out_accuracy_before"]
         result.metrics["held_out_accuracy_after"] = result.accuracy
         result.metrics["final_loss"] = result.details["generator"]["final_loss"]
+    if refines:
+        found = prm.train_on_generator_samples(job, metrics, stop, (0.6, 1.0))
+        result.details["reward_model_on_generator_samples"] = found
+        result.metrics.update({f"prm_samples_{key}": value for key, value in found["after"].items()})
+        result.metrics["prm_samples_position_baseline_step_auroc"] = found["after"]["position_baseline_step_auroc"]
     return result
 
 
-def train_generator(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> dict:
+def train_generator(job: StageJob, metrics: StageMetrics, stop: StopRequest, end: float = 1.0) -> dict:
     sft = job.spec.stages.sft
     separator = job.spec.step_separator
     tokenizer = models.load_tokenizer(job, "generator")
@@ -60,7 +67,7 @@ def train_generator(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> 
                                             job.spec.models.generator.dtype, training.on_gpu())
     trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=_collator(tokenizer, sft.packing))
     start = 0.5 if job.spec.reward_model_trained_in() == "sft" else 0.0
-    outcome = training.train(trainer, "generator", metrics, stop, (start, 1.0))
+    outcome = training.train(trainer, "generator", metrics, stop, (start, end))
 
     model.eval()
     after = accuracy(job, model, tokenizer, held_out)

@@ -202,7 +202,8 @@ def _eight_bit_choices(context: _Context, roles: list[str]) -> list[dict[str, bo
 def _plan_sft(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
     stage = context.spec.stages.sft
     roles = [role for role in _SFT_ROLES[stage.target]
-             if not (role == "rewardModel" and context.spec.reward_model_trained_in() == "select")]
+             if not (role == "rewardModel" and context.spec.reward_model_trained_in() == "select"
+                     and not context.spec.reward_model_refined_on_samples())]
     return _plan_training(context, archs, "sft", stage, stage, roles)
 
 

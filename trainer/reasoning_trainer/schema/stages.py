@@ -57,6 +57,17 @@ class SelectSpec(StageSpec):
         return self
 
 
+class MonteCarloSpec(SpecModel):
+    """Math-Shepherd's step labels: from each step of the generator's own samples, ``completions``
+    continuations; the step is right if any of them reaches the answer (hard estimation)."""
+
+    problems: int = Field(256, ge=1, le=1_000_000, description="Training problems whose solutions are sampled.")
+    samples_per_problem: int = Field(4, ge=1, le=64, description="Solutions sampled per problem.")
+    completions: int = Field(4, ge=1, le=64, description="Continuations sampled from each step prefix.")
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Longest sampled solution or continuation.")
+    epochs: float = Field(1.0, gt=0.0, le=100.0, description="Epochs of PRM training on these labels.")
+
+
 class SftSpec(TrainingStageSpec):
     """Supervised fine-tuning of the generator and/or training the PRM on step labels."""
 
@@ -68,6 +79,11 @@ class SftSpec(TrainingStageSpec):
     incorrect_per_problem: int = Field(
         3, ge=0, le=64, description="Corrupted solutions per problem in the PRM's step-label data."
     )
+    prm_labels: Literal["synthetic", "montecarlo"] = Field(
+        "synthetic", description="The PRM's step labels: synthetic (reference solutions and copies with one "
+                                 "number changed) or montecarlo (then, once the generator is trained, the PRM "
+                                 "is trained further on Monte-Carlo labels of the generator's own samples).")
+    monte_carlo: MonteCarloSpec = Field(default_factory=MonteCarloSpec)
 
 
 class PpoSpec(SpecModel):

@@ -1,0 +1,92 @@
+"""Step labels from the generator's own mistakes: Monte-Carlo estimation as in Math-Shepherd.
+
+Sample solutions to training problems from the trained generator; from the prefix ending at each
+step, sample ``completions`` continuations. A step is right when at least one continuation reaches
+the reference answer (Math-Shepherd's hard estimation); the share that do is kept as its soft
+label. The final answer line is right when the solution's answer is. A prefix that no
+continuation could rescue makes every later step of that solution wrong without more sampling.
+Identical prefixes (every correct solution of a problem shares its first steps) are sampled once.
+
+Synthetic labels (a reference solution with one number changed) teach a PRM to spot that edit;
+these teach it the errors the generator it will judge actually makes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .data.problems import Problem, Trace, answers_match, split_solution
+from .generation import continue_prompts, prompt_ids, solve
+
+
+@dataclass(frozen=True)
+class Sampling:
+    samples: int
+    completions: int
+    max_new_tokens: int
+    max_prompt_tokens: int
+    temperature: float
+    top_p: float
+    batch_size: int
+    instruction: str = ""
+
+
+def monte_carlo_traces(generator, tokenizer, problems: list[Problem], separator: str, sampling: Sampling,
+                       seed: int) -> tuple[list[Trace], list[list[float]]]:
+    """The generator's solutions with hard step labels, and each step's soft label (share)."""
+    torch.manual_seed(seed)
+    solutions = solve(generator, tokenizer, [p.question for p in problems], sampling.samples,
+                      sampling.max_new_tokens, sampling.max_prompt_tokens, sampling.temperature, sampling.top_p,
+                      sampling.batch_size, sampling.instruction)
+    drafts = []
+    for problem, texts in zip(problems, solutions):
+        for text in texts:
+            steps, answer = split_solution(text, separator)
+            if steps and answer is not None:
+                drafts.append((problem, tuple(steps), answer))
+    shares = _prefix_shares(generator, tokenizer, drafts, separator, sampling)
+    traces, soft = [], []
+    for problem, steps, answer in drafts:
+        step_shares = [shares.get((problem.question, steps[:depth]), 0.0) for depth in range(1, len(steps) + 1)]
+        traces.append(Trace(problem, steps, answer, tuple(share > 0 for share in step_shares)))
+        soft.append(step_shares)
+    return traces, soft
+
+
+def _prefix_shares(generator, tokenizer, drafts, separator: str, sampling: Sampling) -> dict:
+    """(question, steps so far) -> share of continuations reaching the answer, depth by depth;
+    a prefix after one with share 0 is not sampled (it stays absent, read as 0)."""
+    shares: dict[tuple[str, tuple[str, ...]], float] = {}
+    depth, alive = 1, drafts
+    while alive:
+        wanted = {}
+        for problem, steps, _ in alive:
+            key = (problem.question, steps[:depth])
+            if key not in shares:
+                wanted[key] = problem
+        keys = list(wanted)
+        prompts = [prompt_ids(tokenizer, question, sampling.instruction)[-sampling.max_prompt_tokens:]
+                   + tokenizer("".join(step + separator for step in prefix), add_special_tokens=False)["input_ids"]
+                   for question, prefix in keys]
+        continued = continue_prompts(generator, tokenizer, prompts, sampling.completions, sampling.max_new_tokens,
+                                     sampling.temperature, sampling.top_p, sampling.batch_size) if prompts else []
+        for key, texts in zip(keys, continued):
+            reached = [answers_match(split_solution(text, separator)[1], wanted[key].answer) for text in texts]
+            shares[key] = sum(reached) / len(reached)
+        depth += 1
+        alive = [draft for draft in alive if len(draft[1]) >= depth and shares[(draft[0].question, draft[1][:depth - 1])] > 0]
+    return shares
+
+
+def position_baseline(train: list[list[bool]], validation: list[list[bool]]) -> list[list[float]]:
+    """The best a scorer can do that sees only where a step is: the training share of right steps at
+    each position (the last known one beyond), as validation scores. A PRM must beat it."""
+    by_position: dict[int, list[bool]] = {}
+    for labels in train:
+        for position, label in enumerate(labels):
+            by_position.setdefault(position, []).append(label)
+    rates = {position: sum(values) / len(values) for position, values in by_position.items()}
+    deepest = max(rates) if rates else 0
+    return [[rates.get(min(position, deepest), 0.5) for position in range(len(labels))] for labels in validation]
