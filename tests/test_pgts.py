@@ -192,3 +192,30 @@ def test_the_rl_stage_trains_the_policy_resumes_and_eval_scores_pgts(plan_file):
     assert train.main("eval", str(path), metrics_port=0) == 0
     scores = json.loads(job.paths.results("eval").read_text())["metrics"]
     assert {"arithmetic/pass@1", "arithmetic/pgts"} <= set(scores)
+
+
+def test_edge_messages_equal_the_per_edge_sum_without_a_nodes_squared_by_width_tensor():
+    from reasoning_trainer.rl.policy import GraphTransformerLayer, encode
+
+    torch.manual_seed(0)
+    layer = GraphTransformerLayer(16, 2, 0.0, "gelu")
+    t = tree(max_depth=4, max_nodes=8)
+    first = t.add_step(0, "a", 0.9, FEATURE)
+    t.add_step(first, "b", 0.4, FEATURE)
+    t.add_step(first, "c", 0.7, FEATURE)
+    batch = encode([(t, t.state())], torch.device("cpu"))
+    # What the dense version computed: for each node, the sum over its neighbours (itself included,
+    # with a zero edge) of edge(e_ij), e_ij = (child's score, child's depth / max depth).
+    expected = torch.zeros(len(t.nodes), 16)
+    for i in range(len(t.nodes)):
+        neighbours = [i] + [j for j, node in enumerate(t.nodes) if node.parent == i]
+        if t.nodes[i].parent is not None:
+            neighbours.append(t.nodes[i].parent)
+        for j in neighbours:
+            child = t.nodes[max(i, j)] if i != j else None
+            edge = torch.tensor([child.score, child.depth / t.max_depth]) if child else torch.zeros(2)
+            expected[i] += layer.edge(edge)
+    degree = batch["adjacency"][0].sum(-1, keepdim=True)
+    found = batch["edge_sums"][0] @ layer.edge.weight.T + degree * layer.edge.bias
+    assert torch.allclose(found, expected, atol=1e-5)
+    assert batch["edge_sums"].shape == (1, len(t.nodes), 2)

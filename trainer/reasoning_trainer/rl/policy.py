@@ -33,12 +33,15 @@ class GraphTransformerLayer(nn.Module):
                                  nn.Linear(4 * width, width))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, h, adjacency, edges, node_mask):
+    def forward(self, h, adjacency, edge_sums, node_mask):
         # Local: mean of messages from tree neighbours, each shaped by its edge's (score, depth).
+        # The edge projection is linear, so the sum over neighbours of W e_ij + b is W (sum of e_ij)
+        # + b x degree: no batch x nodes x nodes x width tensor is ever built.
         x = self.local_norm(h)
-        degree = adjacency.sum(-1, keepdim=True).clamp(min=1)
-        messages = adjacency @ self.message(x) + (adjacency.unsqueeze(-1) * self.edge(edges)).sum(2)
-        h = h + self.dropout(messages / degree)
+        degree = adjacency.sum(-1, keepdim=True)
+        edge_messages = edge_sums @ self.edge.weight.T + degree * self.edge.bias
+        messages = adjacency @ self.message(x) + edge_messages
+        h = h + self.dropout(messages / degree.clamp(min=1))
         # Global: every node attends to every node of its tree.
         x = self.global_norm(h)
         attended, _ = self.attention(x, x, x, key_padding_mask=~node_mask, need_weights=False)
@@ -65,7 +68,7 @@ class TreePolicy(nn.Module):
         """(masked action logits [B, 4], values [B]) for a batch from ``encode``."""
         h = self.embed(torch.cat([batch["features"], batch["extras"]], dim=-1))
         for layer in self.layers:
-            h = layer(h, batch["adjacency"], batch["edges"], batch["node_mask"])
+            h = layer(h, batch["adjacency"], batch["edge_sums"], batch["node_mask"])
         h = self.norm(h)
         current = h[torch.arange(h.shape[0]), batch["current"]]
         weights = batch["node_mask"].unsqueeze(-1).float()
@@ -96,7 +99,7 @@ def encode(items: list[tuple[Tree, TreeState]], device: torch.device) -> dict[st
     features = torch.zeros(batch, width, feature_size)
     extras = torch.zeros(batch, width, NODE_EXTRAS)
     adjacency = torch.zeros(batch, width, width)
-    edges = torch.zeros(batch, width, width, EDGE_FEATURES)
+    edge_sums = torch.zeros(batch, width, EDGE_FEATURES)  # per node: the sum of its edges' features
     node_mask = torch.zeros(batch, width, dtype=torch.bool)
     for row, (tree, state) in enumerate(items):
         for index in range(state.size):
@@ -110,8 +113,9 @@ def encode(items: list[tuple[Tree, TreeState]], device: torch.device) -> dict[st
             if node.parent is not None:
                 adjacency[row, index, node.parent] = adjacency[row, node.parent, index] = 1.0
                 edge = torch.tensor([node.score, depth])
-                edges[row, index, node.parent] = edges[row, node.parent, index] = edge
+                edge_sums[row, index] += edge
+                edge_sums[row, node.parent] += edge
     return {"features": features.to(device), "extras": extras.to(device), "adjacency": adjacency.to(device),
-            "edges": edges.to(device), "node_mask": node_mask.to(device),
+            "edge_sums": edge_sums.to(device), "node_mask": node_mask.to(device),
             "current": torch.tensor([state.current for _, state in items], device=device),
             "action_mask": torch.tensor([state.mask for _, state in items], device=device)}
