@@ -139,11 +139,15 @@ def test_8bit_keeps_embeddings_in_16bit():
 
 
 def test_the_prm_is_trained_in_select_when_select_runs_before_sft():
-    spec = validate_spec({"preset": "tiny"})
+    spec = validate_spec({"preset": "tiny", "stages": {"sft": {"prmLabels": "synthetic"}}})
     assert spec.reward_model_trained_in() == "select"
     plan = plan_run(spec)
     assert plan.stages["select"].trains == ["rewardModel"]
     assert plan.stages["sft"].trains == ["generator"]
+    # With Monte-Carlo labels, sft trains the PRM further once the generator is trained: planned for both.
+    refined = validate_spec({"preset": "tiny"})
+    assert refined.reward_model_trained_in() == "select" and refined.reward_model_refined_on_samples()
+    assert plan_run(refined).stages["sft"].trains == ["rewardModel", "generator"]
     without_select = validate_spec({"preset": "tiny", "stages": {"select": {"enabled": False}}})
     assert without_select.reward_model_trained_in() == "sft"
     assert plan_run(without_select).stages["sft"].trains == ["rewardModel", "generator"]

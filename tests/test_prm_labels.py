@@ -90,3 +90,13 @@ def test_the_position_baseline_scores_each_step_by_how_often_steps_there_were_ri
     flat_labels = [y for row in validation for y in row]
     # Position alone already ranks these well: the bar a PRM has to clear is not 0.5.
     assert auroc(flat_scores, flat_labels) > 0.7
+
+
+def test_a_traces_selection_score_weighs_its_steps_and_its_final_verdict():
+    from reasoning_trainer.select import trace_score
+
+    scores = [0.9, 0.5, 0.2]  # two reasoning steps, then the final answer line
+    assert trace_score(scores, "mean", 0.5, 0.5) == pytest.approx((0.7 + 0.2) / 2)
+    assert trace_score(scores, "min", 1.0, 0.0) == pytest.approx(0.5)
+    assert trace_score(scores, "min", 0.0, 2.0) == pytest.approx(0.2), "the trajectory verdict alone"
+    assert trace_score([0.4], "mean", 0.5, 0.5) == pytest.approx(0.4), "an answer with no reasoning step"

@@ -2,8 +2,10 @@
 process reward model and keep the best for SFT.
 
 Recipe: (train the PRM first when this run trains it, see RunSpec.reward_model_trained_in)
--> score every trace's steps in batches -> aggregate to one score per trace -> keep the top K
-or a fraction -> write selected.jsonl (GSM8K format) and the score histogram.
+-> score every trace's steps in batches -> a trace's score: stepWeight x (its reasoning steps'
+scores, aggregated) + trajectoryWeight x (the PRM's verdict on its final answer line, which reads
+the whole trace), over the sum of the weights -> keep the top K or a fraction -> write
+selected.jsonl (GSM8K format) and the score histogram.
 """
 
 from __future__ import annotations
@@ -63,10 +65,20 @@ def _score_pool(job: StageJob, model, tokenizer, pool: list[Trace], metrics: Sta
         step_scores = prm.score(model, tokenizer,
                                 [(t.problem.question, prm.prm_steps(t.steps, t.answer)) for t in chunk],
                                 job.spec.step_separator, batch, select.max_seq_length)
-        scores += [prm.aggregate(s, select.aggregate) for s in step_scores]
+        scores += [trace_score(s, select.aggregate, select.step_weight, select.trajectory_weight)
+                   for s in step_scores]
         metrics.step("rewardModel", time.monotonic() - started, 0, start // batch + 1)
         metrics.progress(span[0] + (span[1] - span[0]) * len(scores) / len(pool))
     return scores
+
+
+def trace_score(scores: list[float], aggregate: str, step_weight: float, trajectory_weight: float) -> float:
+    """Step-level reward (the reasoning steps, aggregated) and trajectory-level reward (the last
+    score: the final answer line) combined with their weights."""
+    if not scores:
+        return 0.0
+    steps = prm.aggregate(scores[:-1], aggregate) if len(scores) > 1 else scores[-1]
+    return (step_weight * steps + trajectory_weight * scores[-1]) / (step_weight + trajectory_weight)
 
 
 def score_histogram(all_scores: list[float], kept_scores: list[float]) -> dict:

@@ -47,13 +47,19 @@ class SelectSpec(StageSpec):
     batch_size: int = Field(16, ge=1, le=65536, description="Traces scored per forward pass.")
     max_seq_length: int = Field(1024, ge=16, le=131072, description="Longest trace scored, in tokens.")
     aggregate: Literal["mean", "min", "last"] = Field(
-        "mean", description="How step scores become a trace score."
+        "mean", description="How the reasoning steps' scores become the step-level reward."
     )
+    step_weight: float = Field(0.5, ge=0.0, description="Weight of the step-level reward in a trace's score.")
+    trajectory_weight: float = Field(
+        0.5, ge=0.0, description="Weight of the trajectory-level reward: the PRM's verdict on the final answer "
+                                 "line, which reads the whole solution (ReasonFlux-PRM's trajectory reward).")
 
     @model_validator(mode="after")
     def _one_rule(self) -> SelectSpec:
         if (self.keep_top_k is None) == (self.keep_fraction is None):
             raise ValueError("set exactly one of keepTopK and keepFraction (for example keepTopK: 1000)")
+        if self.step_weight + self.trajectory_weight <= 0:
+            raise ValueError("stepWeight and trajectoryWeight cannot both be 0: a trace needs a score")
         return self
 
 
