@@ -19,8 +19,9 @@ PROBLEM = Problem("Ava has 3 apples. Then Ava finds 1 more. Then Ava loses 2. Ho
 
 
 class ScriptedGenerator(torch.nn.Module):
-    """Writes a fixed solution per sample from the bare question; from a prefix, finishes the
-    arithmetic right unless the prefix already holds the wrong step "3 + 1 = 5"."""
+    """Writes a fixed solution per sample from the bare question; from a prefix (which ends with a
+    step), writes the separator and finishes the arithmetic right unless the prefix already holds
+    the wrong step "3 + 1 = 5"."""
 
     def __init__(self, tokenizer, solutions: list[str]):
         super().__init__()
@@ -36,9 +37,9 @@ class ScriptedGenerator(torch.nn.Module):
                 if _bare_question(text):
                     continuation = self.solutions[sample]
                 elif "3 + 1 = 5" in text:
-                    continuation = "5 - 2 = 3\n\n#### 3"
+                    continuation = "\n\n5 - 2 = 3\n\n#### 3"
                 else:
-                    continuation = "#### 2" if "4 - 2 = 2" in text else "4 - 2 = 2\n\n#### 2"
+                    continuation = "\n\n#### 2" if "4 - 2 = 2" in text else "\n\n4 - 2 = 2\n\n#### 2"
                 rows.append(prompt.tolist() + self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
         width = max(len(row) for row in rows)
         return torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows])
@@ -73,6 +74,9 @@ def test_a_step_is_right_when_a_continuation_from_it_reaches_the_answer_and_wron
     prefixes = [text for text in generator.prompts_seen if not _bare_question(text)]
     assert sum("3 + 1 = 4" in text and "4 - 2 = 2" not in text for text in prefixes) == 1
     assert not any("5 - 2 = 3" in text for text in prefixes), "the wrong path was continued past its first error"
+    # A prefix ends with its last step, not a separator: the generator writes the separator itself
+    # (text ending in one tokenizes unlike the generator's own output).
+    assert all(text.rstrip(" ")[-1].isdigit() for text in prefixes), prefixes
 
 
 def test_the_answer_line_is_wrong_when_the_answer_is_even_if_every_step_was_judged_right():

@@ -67,8 +67,11 @@ def _prefix_shares(generator, tokenizer, drafts, separator: str, sampling: Sampl
             if key not in shares:
                 wanted[key] = problem
         keys = list(wanted)
+        # The prefix stops before its last separator: the generator writes that one itself. Text
+        # ending in a separator tokenizes differently (one merged token) from how the generator
+        # writes it mid-solution, and every continuation would start off-distribution.
         prompts = [prompt_ids(tokenizer, question, sampling.instruction)[-sampling.max_prompt_tokens:]
-                   + tokenizer("".join(step + separator for step in prefix), add_special_tokens=False)["input_ids"]
+                   + tokenizer(separator.join(prefix), add_special_tokens=False)["input_ids"]
                    for question, prefix in keys]
         continued = continue_prompts(generator, tokenizer, prompts, sampling.completions, sampling.max_new_tokens,
                                      sampling.temperature, sampling.top_p, sampling.batch_size) if prompts else []
