@@ -151,3 +151,26 @@ def test_the_prm_is_trained_in_select_when_select_runs_before_sft():
     without_select = validate_spec({"preset": "tiny", "stages": {"select": {"enabled": False}}})
     assert without_select.reward_model_trained_in() == "sft"
     assert plan_run(without_select).stages["sft"].trains == ["rewardModel", "generator"]
+
+
+@pytest.mark.parametrize("preset", ["fast", "2gpu", "full"])
+def test_grpo_is_planned_as_the_one_process_it_is_never_data_parallel(preset):
+    spec = validate_spec({"preset": preset, "gpu": {"type": "H100"}, "models": {"generator": {"lora": {"r": 16}}},
+                          "stages": {"rl": {"algorithm": "grpo"}, "eval": {"methods": ["pass@1", "rm@k"]}}})
+    rl = plan_run(spec).stages["rl"]
+    assert rl.zero_stage is None and rl.nodes == 1 and rl.gpus in (1, 2)
+    assert not any("data parallel" in where for where in rl.placement.values())
+    # The rollout cache holds every sequence of an iteration (problems x group), not one minibatch.
+    halved = validate_spec({**spec.model_dump(by_alias=True, exclude_none=True), "stages": {
+        **spec.model_dump(by_alias=True, exclude_none=True)["stages"],
+        "rl": {**spec.model_dump(by_alias=True, exclude_none=True)["stages"]["rl"],
+               "problemsPerIteration": spec.stages.rl.problems_per_iteration // 2}}})
+    cache = rl.devices[0].parts["generator kv cache"]
+    assert plan_run(halved).stages["rl"].devices[0].parts["generator kv cache"] == pytest.approx(cache / 2)
+
+
+def test_grpo_asked_for_more_gpus_than_one_process_uses_is_refused_by_field():
+    spec = validate_spec({"preset": "fast", "gpu": {"type": "H100"},
+                          "stages": {"rl": {"algorithm": "grpo", "gpus": 4}, "eval": {"methods": ["pass@1"]}}})
+    with pytest.raises(PlanError, match="spec.stages.rl"):
+        plan_run(spec)
