@@ -145,6 +145,16 @@ def test_a_job_the_cache_has_not_seen_yet_is_not_mistaken_for_a_deleted_one():
     assert decision.create is None
 
 
+def test_a_stage_whose_pod_succeeded_stays_running_until_its_job_is_marked_finished():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    done_pod = {"metadata": {"name": "demo-sft-abc"}, "status": {"phase": "Succeeded"}}
+    decision = decide(RUN, 1, spec, plan_run(spec), RUNNING_SFT,
+                      Observed({"sft": pending_job("sft")}, {"sft": [done_pod]}, NOW), 600)
+    stage = decision.status_patch()["stages"]["sft"]
+    assert stage["phase"] == "Running", "not back to Pending between the pod's end and the Job's"
+    assert "reason" not in stage, "no reason on a stage that has not failed"
+
+
 def test_the_work_queue_folds_repeated_events_and_never_hands_one_run_to_two_workers():
     import asyncio
 

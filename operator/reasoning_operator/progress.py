@@ -111,7 +111,7 @@ def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, obs
                 _record_success(current, last, observed.pods.get(stage, []))
                 continue
             _record_vanished(current, last, observed.pods.get(stage, []))
-            return False, current.reason, f"stage {stage} failed: {current.message}"
+            return False, current.reason or "StageFailed", f"stage {stage} failed: {current.message}"
         if job is None:
             decision.create = stage
             current.job, current.phase = job_name(run, stage), "Pending"
@@ -158,7 +158,8 @@ def _running(stage: str, spec: RunSpec, current: StageStatus, job: dict, pods: l
         reason, message = stuck
         current.phase, current.message = "Pending", message
         return False, reason, f"stage {stage}: {message}"
-    if any((pod.get("status") or {}).get("phase") == "Running" for pod in pods):
+    # A pod that has succeeded while the Job is not yet marked finished is still this stage running.
+    if any((pod.get("status") or {}).get("phase") in ("Running", "Succeeded") for pod in pods):
         current.phase, current.message = "Running", attempt
         return True, "StageRunning", f"stage {stage} running ({attempt})"
     current.phase, current.message = "Pending", f"waiting for the pod to start ({attempt})"

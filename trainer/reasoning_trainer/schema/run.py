@@ -76,7 +76,7 @@ class StageStatus(SpecModel):
     accuracy: float | None = None
     checkpoint: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
-    reason: str = Field("", description="Why the stage failed, CamelCase: BackoffLimitExceeded, JobDeleted, ...")
+    reason: str | None = Field(None, description="Why the stage failed, CamelCase: BackoffLimitExceeded, JobDeleted, ...")
     message: str = ""
 
 
