@@ -10,6 +10,7 @@ from reasoning_trainer import models, prm, train
 from reasoning_trainer.data import embedded
 from reasoning_trainer.data.sources import read_selected
 from reasoning_trainer.job import load_job
+from reasoning_trainer.select import trace_score
 
 
 def results(plan_path, stage):
@@ -47,7 +48,8 @@ def test_select_trains_the_prm_then_keeps_the_top_scored_half(plan_file):
     model = models.load_reward_model(job, "select")
     tokenizer = models.load_tokenizer(job, "rewardModel")
     pool = embedded.trace_pool(60, seed=7)
-    scores = [prm.aggregate(s, job.spec.stages.select.aggregate) for s in prm.score(
+    select = job.spec.stages.select
+    scores = [trace_score(s, select.aggregate, select.step_weight, select.trajectory_weight) for s in prm.score(
         model, tokenizer, [(t.problem.question, prm.prm_steps(t.steps, t.answer)) for t in pool],
         job.spec.step_separator, 16, 256)]
     ranked = sorted(range(60), key=scores.__getitem__, reverse=True)
