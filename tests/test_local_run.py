@@ -1,6 +1,7 @@
 """``rto run -f run.yaml --local``: every stage in order, a summary, report.html, and a rerun that
 keeps what is done."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,12 @@ def test_local_run_trains_every_stage_reports_and_resumes(tmp_path):
     for chart in ("loss", "accuracy", "time", "memory", "select-scores"):
         assert f"charts/{chart}.png" in report
         assert (root / "charts" / f"{chart}.png").stat().st_size > 1000
+    # Every evaluated accuracy comes with its 95% interval, in results.json and in the report.
+    evaluated = json.loads((root / "eval" / "results.json").read_text())["details"]["arithmetic"]
+    for method in ("pass@1", "rm@k", "majority@k"):
+        low, high = evaluated["ci95"][method]
+        assert low <= evaluated[method] <= high and high - low > 0
+    assert "95% intervals" in report
 
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0

@@ -132,3 +132,37 @@ def test_the_generators_instruction_follows_the_question_in_every_prompt(plan_fi
     asked = tokenizer.decode(prompt_ids(tokenizer, "What is 2 + 3?", "End with #### 5."))
     assert "End with #### 5." not in plain
     assert asked.index("What is 2 + 3?") < asked.index("End with #### 5.")
+
+
+def test_eval_sampling_is_seeded_so_the_same_models_give_the_same_figures(plan_file):
+    job = load_job(plan_file({"stages": {"eval": {"methods": ["pass@1", "majority@k"], "k": 3,
+                                                  "temperature": 1.0}}}))
+    generator = models.load_generator(job, "eval")
+    tokenizer = models.load_tokenizer(job, "generator")
+    problems = embedded.problems(6, seed=9, split="test")
+    calls = []
+    real = evaluation.solve
+
+    def recorded(*args, **kwargs):
+        texts = real(*args, **kwargs)
+        calls.append(texts)
+        return texts
+
+    evaluation.solve = recorded
+    try:
+        first = evaluation.score_benchmark(job, generator, tokenizer, None, None, problems)
+        torch.manual_seed(12345)  # whatever ran before must not matter
+        second = evaluation.score_benchmark(job, generator, tokenizer, None, None, problems)
+    finally:
+        evaluation.solve = real
+    assert first == second
+    assert calls[1] == calls[3], "the sampled solutions themselves are the same"
+
+
+def test_wilson_intervals_match_published_values():
+    from reasoning_trainer.intervals import wilson
+
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(185, 200) == pytest.approx((0.8803, 0.9539), abs=1e-3)
+    assert wilson(0, 0) == (0.0, 1.0)

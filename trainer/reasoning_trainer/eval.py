@@ -11,11 +11,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import torch
+
 from . import models, prm
 from .checkpoints import StopRequest, is_complete
 from .data.problems import Problem, answers_match, split_solution
 from .data.sources import load_problems
 from .generation import solve
+from .intervals import wilson
 from .job import StageJob
 from .rl import pgts
 from .rl.policy import TreePolicy
@@ -25,6 +28,8 @@ from .stage_result import StageResult
 
 RM_AGGREGATE = "min"
 PGTS_SEED = 2_000_003
+# Sampling is seeded per benchmark: the same models give the same figures, run after run.
+SAMPLING_SEED = 1_000_003
 
 
 def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
@@ -47,7 +52,9 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
             result.metrics[f"{benchmark.name}/{method}"] = value
         metrics.step("generator", time.monotonic() - started, 0, number + 1)
         metrics.progress((number + 1) / len(benchmarks))
-        result.details[benchmark.name] = {"problems": len(problems), **scores}
+        intervals = {method: list(wilson(round(value * len(problems)), len(problems)))
+                     for method, value in scores.items()}
+        result.details[benchmark.name] = {"problems": len(problems), **scores, "ci95": intervals}
     first = benchmarks[0].name if benchmarks else None
     result.accuracy = result.metrics.get(f"{first}/pass@1")
     return result
@@ -66,6 +73,7 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
                      instruction=generation.instruction)
 
     scores = {}
+    torch.manual_seed(SAMPLING_SEED)
     if "pass@1" in evaluation.methods:
         greedy = [split_solution(texts[0], separator) for texts in sample(1, 0.0)]
         scores["pass@1"] = _share(answers_match(answer, p.answer) for (_, answer), p in zip(greedy, problems))

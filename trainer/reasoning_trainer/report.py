@@ -22,7 +22,7 @@ def write_report(run: str, results: dict[str, dict], target: Path) -> Path:
         _memory_chart(results, folder / "memory.png"),
         _histogram_chart(results.get("select"), folder / "select-scores.png"),
     ) if chart is not None]
-    body = [f"<h1>Run {html.escape(run)}</h1>", _results_table(results)]
+    body = [f"<h1>Run {html.escape(run)}</h1>", _results_table(results), _intervals_table(results)]
     body += [f'<figure><img src="charts/{chart.name}" alt="{chart.stem}"><figcaption>{chart.stem}</figcaption></figure>'
              for chart in charts]
     target.write_text("<!doctype html><meta charset=utf-8><title>reasoning-operator run "
@@ -40,6 +40,24 @@ def _results_table(results: dict[str, dict]) -> str:
         rows.append(f"<tr><td>{stage}</td><td>{result['durationSeconds']:.0f}</td><td>{accuracy}</td>"
                     f"<td>{html.escape(metrics)}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
+
+
+def _intervals_table(results: dict[str, dict]) -> str:
+    """Every evaluated accuracy with its 95% interval: how far apart two figures must be to differ."""
+    rows = []
+    for stage, result in results.items():
+        for benchmark, found in result.get("details", {}).items():
+            if not isinstance(found, dict) or "ci95" not in found:
+                continue
+            for method, (low, high) in found["ci95"].items():
+                rows.append(f"<tr><td>{html.escape(stage)}</td><td>{html.escape(benchmark)}</td>"
+                            f"<td>{html.escape(method)}</td><td>{found[method]:.1%}</td>"
+                            f"<td>{low:.1%} - {high:.1%}</td><td>{found['problems']}</td></tr>")
+    if not rows:
+        return ""
+    head = ("<h2>Accuracy with 95% intervals (Wilson)</h2><table><tr><th>stage</th><th>benchmark</th>"
+            "<th>method</th><th>accuracy</th><th>95% interval</th><th>problems</th></tr>")
+    return head + "".join(rows) + "</table>"
 
 
 def _loss_chart(results, path: Path) -> Path | None:

@@ -64,8 +64,9 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
     history = []
     for iteration in range(start, rl.iterations):
         started = time.monotonic()
-        rng = random.Random(iteration)  # a resumed run draws the same problems it would have
+        rng = random.Random(iteration)  # a resumed run draws the same problems and samples it would have
         batch = [problems[rng.randrange(len(problems))] for _ in range(rl.problems_per_iteration)]
+        torch.manual_seed(iteration)
         with _autocast(job):
             rollouts = _rollouts(job, policy, tokenizer, batch, reward_model, prm_tokenizer)
             loss = _update(job, policy, reference, optimizer, rollouts)
