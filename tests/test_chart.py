@@ -64,7 +64,7 @@ def test_install_yaml_is_the_chart_with_its_defaults_and_valid():
 
 
 def test_the_chart_ships_the_generated_crd_and_dashboard():
-    assert (ROOT / "charts/reasoning-operator/crds/reasoningtrainings.yaml").read_text() == \
+    assert (ROOT / "charts/reasoning-operator/files/reasoningtrainings-crd.yaml").read_text() == \
         (ROOT / "manifests/crd.yaml").read_text()
     assert (ROOT / dashboard.TARGET).read_text() == dashboard.render(), "the dashboard is stale: run `make dashboard`"
     config_map = kinds(render())["ConfigMap"][0]
@@ -103,6 +103,8 @@ OPERATOR_CALLS = [
     ("reasoning.dev", "reasoningtrainings", verb) for verb in ("get", "list", "watch", "patch")
 ] + [
     ("reasoning.dev", "reasoningtrainings/status", "patch"), ("batch", "jobs", "list"), ("", "pods", "list"),
+    # Children block their run's deletion; strict clusters require this verb for that (e2e: kit.KIT_ENV).
+    ("reasoning.dev", "reasoningtrainings/finalizers", "update"),
     ("batch", "jobs", "watch"), ("", "pods", "watch"), ("batch", "jobs", "get"),
     ("batch", "jobs", "create"), ("batch", "jobs", "delete"), ("", "configmaps", "create"),
     ("", "services", "create"), ("", "persistentvolumeclaims", "create"), ("", "events", "create"),
@@ -200,10 +202,36 @@ def test_webhook_serves_the_operators_handler_with_a_cert_manager_certificate():
     assert "Issuer" in kinds(render({"webhook": {"enabled": True}}))
 
 
+def test_webhook_never_blocks_by_default_and_can_call_an_operator_outside_the_cluster():
+    assert kinds(render({"webhook": {"enabled": True}}))["ValidatingWebhookConfiguration"][0]["webhooks"][0][
+        "failurePolicy"] == "Ignore"
+    found = kinds(render({"webhook": {"enabled": True, "url": "https://127.0.0.1:9443/validate", "caBundle": "Q0E="}}))
+    hook = found["ValidatingWebhookConfiguration"][0]
+    assert hook["webhooks"][0]["clientConfig"] == {"url": "https://127.0.0.1:9443/validate", "caBundle": "Q0E="}
+    assert "annotations" not in hook["metadata"] and "Certificate" not in found and len(found["Service"]) == 1
+    assert not any(arg.startswith("--webhook") for arg in found["Deployment"][0]["spec"]["template"]["spec"][
+        "containers"][0]["args"])
+    with pytest.raises(helm.HelmRenderError, match="webhook.caBundle"):
+        render({"webhook": {"enabled": True, "url": "https://127.0.0.1:9443/validate"}})
+
+
+def test_the_crd_is_a_kept_template_that_one_release_owns():
+    crd = kinds(render())["CustomResourceDefinition"][0]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["spec"] == yaml.safe_load((ROOT / "manifests/crd.yaml").read_text())["spec"]
+    assert "CustomResourceDefinition" not in kinds(render({"crds": {"install": False}}))
+    # install.yaml's objects (and crd.yaml) carry the README release's ownership, so Helm adopts them.
+    for document in list(yaml.safe_load_all((ROOT / release.INSTALL).read_text()))[1:]:
+        assert document["metadata"]["annotations"]["meta.helm.sh/release-name"] == release.RELEASE, document["kind"]
+    assert yaml.safe_load((ROOT / "manifests/crd.yaml").read_text())["metadata"]["annotations"][
+        "meta.helm.sh/release-namespace"] == release.NAMESPACE
+
+
 def test_notes_tell_the_user_what_to_do_next():
     text = release.notes()
     assert "kubectl -n reasoning-operator rollout status deploy/reasoning-operator" in text
     assert "manifests/examples/run.yaml" in text and "serviceMonitor.enabled" in text
+    assert "Uninstalling keeps the CRD and every run" in text
 
 
 def test_versions_agree_across_package_chart_and_images():

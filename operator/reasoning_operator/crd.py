@@ -19,8 +19,17 @@ import yaml
 from reasoning_trainer import presets
 from reasoning_trainer.schema import GROUP, KIND, PLURAL, SHORT_NAME, VERSION, RunSpec, RunStatus
 
-TARGETS = (Path("manifests/crd.yaml"), Path("charts/reasoning-operator/crds/reasoningtrainings.yaml"))
+TARGETS = (Path("manifests/crd.yaml"), Path("charts/reasoning-operator/files/reasoningtrainings-crd.yaml"))
 _DROPPED = {"title", "default", "$defs"}
+# Helm's ownership marks for the README's release (reasoning-operator in namespace reasoning-operator),
+# so that `helm install` adopts a CRD applied with kubectl instead of refusing it; the chart's
+# template replaces them with the installing release's own.
+HELM_OWNER = {
+    "labels": {"app.kubernetes.io/managed-by": "Helm"},
+    "annotations": {"meta.helm.sh/release-name": "reasoning-operator",
+                    "meta.helm.sh/release-namespace": "reasoning-operator",
+                    "helm.sh/resource-policy": "keep"},
+}
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -98,7 +107,7 @@ def build_crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{PLURAL}.{GROUP}", **HELM_OWNER},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",

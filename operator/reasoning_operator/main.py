@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identity", help="this replica's name in the Lease (default: $POD_NAME, else "
                                            "hostname and a random suffix)")
     parser.add_argument("--webhook-port", type=int, help="serve the validating admission webhook on this port")
+    parser.add_argument("--webhook-addr", help="address the webhook listens on (default: every interface)")
     parser.add_argument("--webhook-host", help="the webhook's DNS name as the API server reaches it")
     parser.add_argument("--webhook-cert", help="TLS certificate file of the webhook (PEM)")
     parser.add_argument("--webhook-key", help="TLS private key file of the webhook (PEM)")
@@ -76,8 +77,9 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
     settings = kopf.OperatorSettings()
     webhook = args.webhook_port is not None
     if webhook:
-        settings.admission.server = kopf.WebhookServer(port=args.webhook_port, host=args.webhook_host,
-                                                       certfile=args.webhook_cert, pkeyfile=args.webhook_key)
+        settings.admission.server = kopf.WebhookServer(addr=args.webhook_addr, port=args.webhook_port,
+                                                       host=args.webhook_host, certfile=args.webhook_cert,
+                                                       pkeyfile=args.webhook_key)
         settings.admission.managed = args.webhook_config
     # The CRD is installed before the operator, so kopf need not list CRDs or namespaces
     # cluster-wide to find it; the RBAC stays within the watched namespaces.

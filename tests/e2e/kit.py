@@ -31,8 +31,10 @@ from kubernetes import client, config, watch
 ROOT = Path(__file__).resolve().parents[2]
 KIT = Path(os.environ.get("RTO_K8S_KIT", ROOT.parent / "shared" / "k8s"))
 # Ports and state folder of the suite's own kit, apart from a kit a developer may run on the defaults.
+# OwnerReferencesPermissionEnforcement is on, as on OpenShift: a child whose ownerReference blocks
+# its run's deletion needs `update` on reasoningtrainings/finalizers, so the chart's RBAC must grant it.
 KIT_ENV = {"K8S_STATE": "/tmp/rto-e2e-k8s", "API_PORT": "16443", "ETCD_PORT": "22379", "KCM_PORT": "20257",
-           "SCHED_PORT": "20259"}
+           "SCHED_PORT": "20259", "EXTRA_ADMISSION_PLUGINS": "OwnerReferencesPermissionEnforcement"}
 GROUP, VERSION, PLURAL = "reasoning.dev", "v1alpha1", "reasoningtrainings"
 RUN_LABEL = f"{GROUP}/run"
 
@@ -42,9 +44,10 @@ class Unavailable(Exception):
 
 
 class Cluster:
-    def __init__(self, kubeconfig: str, kit_state: Path | None):
+    def __init__(self, kubeconfig: str, kit_state: Path | None, owned: bool = False):
         self.kubeconfig = kubeconfig
-        self.kit_state = kit_state  # set when the suite started the kit itself (apiserver faults need it)
+        self.kit_state = kit_state  # set when the suite runs on its own kit (apiserver faults need it)
+        self.owned = owned  # this process started the kit, and stops it
         self.api = config.new_client_from_config(config_file=kubeconfig)
         self.core = client.CoreV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
@@ -56,6 +59,9 @@ class Cluster:
         given = os.environ.get("KUBECONFIG")
         if given and _answers(given):
             return cls(given, None)
+        state = Path(KIT_ENV["K8S_STATE"])
+        if _answers(str(state / "kubeconfig")):  # another test module of this session started it
+            return cls(str(state / "kubeconfig"), state)
         if not (KIT / "start.sh").exists():
             raise Unavailable(f"no cluster: KUBECONFIG is {'unreachable' if given else 'unset'} and the kit is not "
                               f"at {KIT} (set RTO_K8S_KIT, or KUBECONFIG to a kind, k3d or real cluster)")
@@ -65,21 +71,24 @@ class Cluster:
             raise RuntimeError(f"the kit did not start:\n{started.stderr[-4000:]}")
         kubeconfig = started.stdout.strip().split("=", 1)[1]
         subprocess.run([str(KIT / "nodes.sh"), "2", "8"], env=env, check=True, capture_output=True, timeout=120)
-        return cls(kubeconfig, Path(KIT_ENV["K8S_STATE"]))
+        return cls(kubeconfig, state, owned=True)
 
     def stop(self) -> None:
-        if self.kit_state is not None:
+        if self.owned:
             subprocess.run([str(KIT / "stop.sh")], env={**os.environ, **KIT_ENV}, capture_output=True, timeout=60)
 
     # ---- kubectl, as a user types it
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        binary = self.kit_state / "bin" / "kubectl" if self.kit_state else shutil.which("kubectl")
-        done = subprocess.run([str(binary), f"--kubeconfig={self.kubeconfig}", *args], input=input,
-                              capture_output=True, text=True, timeout=120)
+        done = self.kubectl_as(self.kubeconfig, *args, input=input)
         if check and done.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)}: {done.stderr}")
         return done.stdout
+
+    def kubectl_as(self, kubeconfig: str | Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        binary = self.kit_state / "bin" / "kubectl" if self.kit_state else shutil.which("kubectl")
+        return subprocess.run([str(binary), f"--kubeconfig={kubeconfig}", *args], input=input,
+                              capture_output=True, text=True, timeout=120)
 
     def apply(self, *documents: dict[str, Any], namespace: str | None = None) -> None:
         args = ["apply", "-f", "-"] + ([f"--namespace={namespace}"] if namespace else [])
@@ -164,6 +173,11 @@ def operator_kubeconfig(cluster: Cluster, namespace: str, folder: Path) -> Path:
     kinds = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
     cluster.apply(*[document for document in documents if document["kind"] in kinds])
     account = next(document for document in documents if document["kind"] == "ServiceAccount")["metadata"]["name"]
+    return token_kubeconfig(cluster, namespace, account, folder)
+
+
+def token_kubeconfig(cluster: Cluster, namespace: str, account: str, folder: Path) -> Path:
+    """A kubeconfig that logs in with a fresh token of ServiceAccount ``namespace/account``."""
     token = cluster.kubectl("create", "token", account, f"--namespace={namespace}", "--duration=2h").strip()
     admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
     context = next(item for item in admin["contexts"] if item["name"] == admin["current-context"])["context"]
@@ -182,7 +196,8 @@ class OperatorProcess:
     """``rto operator --namespace NS ...`` in its own process; kill -9 and restart at will."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, *args: str, env: dict[str, str] | None = None):
-        self.kubeconfig, self.namespace, self.args = kubeconfig, namespace, list(args)
+        self.kubeconfig, self.namespace = kubeconfig, namespace
+        self.args = ["operator", f"--namespace={namespace}", *args]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "OMP_NUM_THREADS": "1", **(env or {})}
         self.identity = f"operator-{uuid.uuid4().hex[:6]}"
         self.log_path = log_dir / f"{self.identity}.log"
@@ -190,10 +205,24 @@ class OperatorProcess:
         # A kube-apiserver that just restarted refuses requests until its RBAC cache has synced.
         self.forbidden_expected = False
 
+    @classmethod
+    def as_deployed(cls, kubeconfig: Path, deployment: Any, log_dir: Path, *args: str) -> OperatorProcess:
+        """The operator container of ``deployment`` (a V1Deployment as Helm installed it) run here:
+        its arguments and environment, the downward API's pod name and namespace filled in."""
+        container = deployment.spec.template.spec.containers[0]
+        process = cls(kubeconfig, deployment.metadata.namespace, log_dir)
+        process.args = [*container.args, *args]
+        fields = {"metadata.name": process.identity, "metadata.namespace": deployment.metadata.namespace}
+        for variable in container.env or []:
+            process.env[variable.name] = (fields[variable.value_from.field_ref.field_path] if variable.value_from
+                                          else variable.value or "")
+        return process
+
     def start(self) -> OperatorProcess:
         rto = Path(sys.executable).parent / "rto"
-        command = [str(rto), "operator", f"--namespace={self.namespace}", "--metrics-port=0",
-                   f"--liveness=http://127.0.0.1:{free_port()}/healthz", f"--identity={self.identity}", *self.args]
+        # argparse keeps the last of a repeated option: these ports and name win over the pod's.
+        command = [str(rto), *self.args, "--metrics-port=0", f"--liveness=http://127.0.0.1:{free_port()}/healthz",
+                   f"--identity={self.identity}"]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self

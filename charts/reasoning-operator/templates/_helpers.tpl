@@ -47,6 +47,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [reasoning.dev]
   resources: [reasoningtrainings/status]
   verbs: [get, patch]
+# A child's ownerReference blocks its run's deletion until the child is gone; clusters with the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift) allow that only to whoever may
+# set the run's finalizers. The operator itself never adds one.
+- apiGroups: [reasoning.dev]
+  resources: [reasoningtrainings/finalizers]
+  verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
@@ -63,4 +69,31 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{- define "reasoning-operator.webhookCertificate" -}}
 {{- printf "%s-webhook" (include "reasoning-operator.fullname" .) -}}
+{{- end -}}
+
+{{/* True when the chart renders against a cluster (install, upgrade, `helm template --dry-run=server`):
+     `lookup` then sees the `default` namespace every cluster has. Offline (`helm template`, lint)
+     it sees nothing, and the checks below stand aside. */}}
+{{- define "reasoning-operator.online" -}}
+{{- if lookup "v1" "Namespace" "" "default" -}}true{{- end -}}
+{{- end -}}
+
+{{/* Fails the install with the value to change when the cluster lacks an API the values ask for,
+     instead of Helm's "no matches for kind" after half the objects exist.
+     Arguments: (list $ "monitoring.coreos.com/v1/ServiceMonitor" "serviceMonitor.enabled" "the Prometheus Operator's CRDs (kube-prometheus-stack)") */}}
+{{- define "reasoning-operator.requireApi" -}}
+{{- $root := index . 0 }}{{- $api := index . 1 }}{{- $value := index . 2 }}{{- $provider := index . 3 }}
+{{- if and (include "reasoning-operator.online" $root) (not ($root.Capabilities.APIVersions.Has $api)) -}}
+{{- fail (printf "%s=true needs %s, which this cluster does not serve: install %s first, or set %s=false. (helm template: pass --api-versions %s)" $value $api $provider $value $api) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Fails when a namespace the values target does not exist. The chart never creates namespaces
+     besides the release's own (`--create-namespace`), so an uninstall never deletes one holding runs.
+     Arguments: (list $ "research" "watchNamespaces") */}}
+{{- define "reasoning-operator.requireNamespace" -}}
+{{- $root := index . 0 }}{{- $namespace := index . 1 }}{{- $value := index . 2 }}
+{{- if and (ne $namespace $root.Release.Namespace) (include "reasoning-operator.online" $root) (not (lookup "v1" "Namespace" "" $namespace)) -}}
+{{- fail (printf "%s: namespace %q does not exist. Create it first (kubectl create namespace %s); the chart creates no namespace but the release's own." $value $namespace $namespace) -}}
+{{- end -}}
 {{- end -}}
