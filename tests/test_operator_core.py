@@ -51,7 +51,7 @@ def test_stage_pods_can_write_the_volume_and_keep_serving_their_final_metrics():
     job = next(child for child in stage_children(RUN, spec, plan_run(spec), "sft", "t:1", config)
                if child["kind"] == "Job")
     pod = job["spec"]["template"]["spec"]
-    assert pod["securityContext"]["fsGroup"] == 1000  # the trainer image's user
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 1000  # the image's user
     env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
     assert env["RTO_METRICS_LINGER_SECONDS"] == "60"
 

@@ -27,7 +27,9 @@ PLAN_FILE = f"{PLAN_DIR}/plan.json"
 DATA_DIR = "/data"
 METRICS_PORT = 9400
 # The trainer image's user and group (images/trainer/Dockerfile).
-TRAINER_GID = 1000
+TRAINER_UID = TRAINER_GID = 1000
+# What the `restricted` Pod Security Standard asks of every container.
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 RENDEZVOUS_PORT = 29500
 # Exit code of ``rto train`` for an unusable plan file: retrying cannot help.
 EXIT_BAD_PLAN = 2
@@ -178,6 +180,7 @@ def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], g
                          {"name": "dshm", "mountPath": "/dev/shm"}],
         # The trainer writes a JSON result there; an OOM kill leaves the log tail instead.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(RESTRICTED_CONTAINER),
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
@@ -188,9 +191,15 @@ def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], g
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": config.termination_grace_seconds,
-        # The trainer image runs as uid 1000; the volume's group lets it write there. OnRootMismatch
-        # skips the recursive chown of a large volume that already has the right owner.
-        "securityContext": {"fsGroup": TRAINER_GID, "fsGroupChangePolicy": "OnRootMismatch"},
+        # The pods pass the `restricted` Pod Security Standard: the trainer's own uid (a spec.image
+        # built on another user runs as 1000 too), the runtime's seccomp profile. The volume's group
+        # lets it write there; OnRootMismatch skips the recursive chown of a large volume that
+        # already has the right owner.
+        "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_GID,
+                            "fsGroup": TRAINER_GID, "fsGroupChangePolicy": "OnRootMismatch",
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        # The trainer never calls the Kubernetes API, so its pods carry no token to steal.
+        "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": [
             {"name": "plan", "configMap": {"name": job_name(run.name, stage)}},

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 import yaml
-from kit import ROOT, Cluster, JobWatcher, OperatorProcess, Unavailable, operator_kubeconfig, wait_for
+from kit import ROOT, RUN_LABEL, Cluster, JobWatcher, OperatorProcess, Unavailable, operator_kubeconfig, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -283,6 +283,21 @@ def test_jobs_removed_by_their_ttl_at_once_are_not_rerun(cluster, namespace, sta
     assert sorted(watcher.uids) == sorted(f"ephemeral-{stage}" for stage in TINY)
     assert not watcher.duplicates()
     assert status(cluster, namespace, "ephemeral")["phase"] == "Succeeded"
+
+
+def test_stage_pods_pass_the_restricted_pod_security_standard(cluster, namespace, start_operator):
+    """The namespace enforces `restricted`: a pod that breaks it is never created (the Job reports
+    FailedCreate), so the run only finishes if every stage pod passes."""
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=latest")
+    start_operator()
+    cluster.apply(tiny_run("hardened", podAnnotations=kwok("1s")), namespace=namespace)
+    assert wait_for(lambda: finished(cluster, namespace, "hardened"), 90, "the run to finish") == "Succeeded"
+    pods = cluster.core.list_namespaced_pod(namespace, label_selector=f"{RUN_LABEL}=hardened").items
+    assert len(pods) == len(TINY)
+    for pod in pods:
+        assert pod.spec.automount_service_account_token is False
+        assert not any(mount.mount_path.startswith("/var/run/secrets") for mount in pod.spec.containers[0].volume_mounts)
 
 
 def _kubectl(cluster) -> list[str]:
