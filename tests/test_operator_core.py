@@ -9,7 +9,7 @@ from reasoning_operator.admission import Rejected, admit
 from reasoning_operator.config import OperatorConfig
 from reasoning_operator.desired import Run, stage_children, volume_claim
 from reasoning_operator.handlers import merge_patch
-from reasoning_operator.progress import Observed, decide
+from reasoning_operator.progress import Observed, decide, load_status, refuse_child
 from reasoning_trainer.planner import plan_run
 from reasoning_trainer.schema import validate_spec
 
@@ -112,6 +112,128 @@ def test_a_log_tail_termination_message_becomes_the_failure_reason():
     assert status["phase"] == "Failed"
     assert status["stages"]["sft"]["message"].startswith("Error (exit code 1): RuntimeError: CUDA out of memory")
     assert decision.create is None
+
+
+def succeeded_pod(message: str) -> dict:
+    return {"metadata": {"name": "p"}, "status": {"phase": "Succeeded", "containerStatuses": [{
+        "name": "trainer", "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}}]}}
+
+
+def test_a_termination_message_with_nan_or_strings_still_records_the_stage_with_what_fits():
+    import json
+
+    from reasoning_trainer.stage_result import StageResult, termination_message
+
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    job = {"metadata": {"name": "demo-sft", "uid": "u"}, "status": {"conditions": [
+        {"type": "Complete", "status": "True"}]}}
+    garbled = '{"accuracy": NaN, "durationSeconds": "fast", "metrics": {"loss": Infinity, "reward": 0.5}}'
+    decision = decide(RUN, 1, spec, plan_run(spec), {}, Observed({"sft": job}, {"sft": [succeeded_pod(garbled)]}, NOW),
+                      600)
+    stage = decision.status_patch()["stages"]["sft"]
+    assert stage["phase"] == "Succeeded" and "accuracy" not in stage and stage["metrics"] == {"reward": 0.5}
+    assert stage["message"] == ("succeeded; left out of the trainer's result: durationSeconds, accuracy, "
+                                "metrics.loss")
+    json.dumps(decision.status_patch(), allow_nan=False)  # what the API server's decoder accepts
+    # The trainer's side: strict JSON, the diverged values named.
+    written = termination_message("sft", "Succeeded", 3.0, StageResult(accuracy=float("nan"),
+                                                                        metrics={"loss": float("inf"), "kl": 0.1}))
+    assert json.loads(written, parse_constant=lambda name: pytest.fail(f"{name} in {written}"))["nonFinite"] == [
+        "accuracy", "metrics.loss"]
+    stage = decide(RUN, 1, spec, plan_run(spec), {}, Observed({"sft": job}, {"sft": [succeeded_pod(written)]}, NOW),
+                   600).status_patch()["stages"]["sft"]
+    assert stage["metrics"] == {"kl": 0.1} and stage["message"].endswith("accuracy, metrics.loss")
+
+
+def test_a_refused_child_is_recorded_once_and_a_later_pass_clears_it():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    plan, nothing = plan_run(spec), Observed({}, {}, NOW)
+    decision = decide(RUN, 1, spec, plan, {}, nothing, 600)
+    assert decision.create == "sft"
+    refuse_child(decision, load_status({}), 1, "Job", "demo-sft", "Forbidden",
+                 'jobs.batch "demo-sft" is forbidden: exceeded quota: jobs', NOW)
+    stored = decision.status_patch()
+    conditions = {condition["type"]: condition for condition in stored["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "JobForbidden")
+    assert "exceeded quota" in conditions["Ready"]["message"] and "job" not in stored["stages"]["sft"]
+    assert [event.reason for event in decision.events] == ["JobForbidden"]
+    # The same refusal on the next try (a minute later): no change to write, no second event.
+    again = decide(RUN, 1, spec, plan, stored, Observed({}, {}, NOW + timedelta(minutes=1)), 600)
+    refuse_child(again, load_status(stored), 1, "Job", "demo-sft", "Forbidden",
+                 'jobs.batch "demo-sft" is forbidden: exceeded quota: jobs', NOW + timedelta(minutes=1))
+    assert merge_patch(stored, again.status_patch(stored)) == {} and again.events == []
+    # The quota is lifted: the Job is created and Ready turns True again.
+    cleared = decide(RUN, 1, spec, plan, stored, Observed({}, {}, NOW + timedelta(minutes=2)), 600)
+    ready = next(condition for condition in cleared.status_patch()["conditions"] if condition["type"] == "Ready")
+    assert ready["status"] == "True" and cleared.create == "sft"
+
+
+def test_a_failed_run_is_not_ready_and_status_fields_of_a_newer_operator_survive():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    job = {"metadata": {"name": "demo-sft", "uid": "u"}, "status": {"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    stored = {"retries": {"sft": 2}, "phase": "Running"}
+    decision = decide(RUN, 1, spec, plan_run(spec), stored, Observed({"sft": job}, {}, NOW), 600)
+    ready = next(condition for condition in decision.status_patch()["conditions"] if condition["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "RunFailed")
+    assert merge_patch(stored, decision.status_patch(stored)).get("retries", "kept") == "kept"
+
+
+FAILED_SFT = {"phase": "Failed", "stages": {"sft": {"phase": "Failed", "job": "demo-sft", "attempts": 3,
+                                                   "reason": "BackoffLimitExceeded", "message": "OOM"}}}
+FAILED_JOB = {"metadata": {"name": "demo-sft", "uid": "old"}, "status": {"failed": 3, "conditions": [
+    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+
+
+def test_a_failed_stage_reruns_only_when_a_retry_is_asked_for_and_its_old_job_is_gone_first():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    plan, asked = plan_run(spec), Run("demo", "team", "0123456789abcdef", retry="1")
+    # Not asked: the failed stage stays failed, whatever its Job does.
+    for jobs in ({"sft": FAILED_JOB}, {}):
+        decision = decide(RUN, 1, spec, plan, FAILED_SFT, Observed(jobs, {}, NOW), 600)
+        assert (decision.create, decision.remove, decision.status.phase) == (None, None, "Failed")
+    # Asked, with the failed Job still there: it is removed first, and the stage waits.
+    waiting = decide(asked, 1, spec, plan, FAILED_SFT, Observed({"sft": FAILED_JOB}, {}, NOW), 600)
+    assert (waiting.remove, waiting.create, waiting.status.retried) == ("sft", None, None)
+    # Gone: the stage starts again, counted, and the request is consumed.
+    retried = decide(asked, 1, spec, plan, FAILED_SFT, Observed({}, {}, NOW), 600)
+    stage = retried.status.stages["sft"]
+    assert (retried.create, stage.phase, stage.retries, retried.status.retried) == ("sft", "Pending", 1, "1")
+    assert retried.status.phase == "Pending" and "StageRetried" in [event.reason for event in retried.events]
+    # The same annotation later (the retry failed again) asks for nothing more.
+    stored = {**retried.status_patch(), "phase": "Failed", "stages": FAILED_SFT["stages"]}
+    assert decide(asked, 1, spec, plan, stored, Observed({}, {}, NOW), 600).create is None
+
+
+def test_a_retry_asked_while_nothing_failed_is_used_up_and_reruns_no_later_failure():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}})
+    asked = Run("demo", "team", "0123456789abcdef", retry="early")
+    decision = decide(asked, 1, spec, plan_run(spec), RUNNING_SFT, Observed({"sft": pending_job("sft")}, {}, NOW), 600)
+    assert decision.status.retried == "early" and "RetryIgnored" in [event.reason for event in decision.events]
+
+
+def test_the_plan_a_job_mounts_is_named_by_its_content_and_the_claim_outlives_the_run_by_default():
+    fast = {"preset": "fast", "storage": {"size": "1Gi"}}
+    first, edited = children(fast, "sft"), children({**fast, "podLabels": {"team": "a"}}, "sft")
+    for made in (first, edited):
+        mounted = made["Job"]["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]
+        assert mounted == made["ConfigMap"]["metadata"]["name"] and mounted.startswith("demo-sft-")
+    assert first["ConfigMap"]["metadata"]["name"] != edited["ConfigMap"]["metadata"]["name"]
+    assert "ownerReferences" not in volume_claim(RUN, validate_spec(fast))["metadata"]
+    deleted_with_run = volume_claim(RUN, validate_spec({"preset": "fast", "storage": {"size": "1Gi",
+                                                                                      "whenDeleted": "Delete"}}))
+    assert deleted_with_run["metadata"]["ownerReferences"][0]["uid"] == RUN.uid
+
+
+def test_a_stage_disabled_while_it_runs_is_stopped_and_recorded_stopped_never_succeeded():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}, "stages": {"sft": {"enabled": False}}})
+    plan = plan_run(spec)
+    stored = {"phase": "Running", "stages": {**RUNNING_SFT["stages"], "rl": {"phase": "Pending"}}}
+    stopping = decide(RUN, 2, spec, plan, stored, Observed({"sft": pending_job("sft")}, {}, NOW), 600)
+    assert (stopping.remove, stopping.create, stopping.status.phase) == ("sft", None, "Running")
+    stopped = decide(RUN, 2, spec, plan, stopping.status_patch(), Observed({}, {}, NOW), 600)
+    assert stopped.status.stages["sft"].phase == "Stopped" and stopped.create == "rl"
+    assert "StageStopped" in [event.reason for event in stopped.events]
 
 
 RUNNING_SFT = {"stages": {"sft": {"phase": "Running", "job": "demo-sft", "attempts": 1}}}

@@ -73,7 +73,7 @@ async def test_each_stage_becomes_a_job_with_the_planned_gpus_and_8bit_until_the
         owner = job["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"], owner["uid"]) == ("ReasoningTraining", name,
                                                                 cluster.run(name)["metadata"]["uid"])
-        plan_file = json.loads(cluster.objects("configmaps")[job_name]["data"]["plan.json"])
+        plan_file = json.loads(mounted_plan(cluster, job_name))
         assert plan_file["plan"]["stages"][stage]["gpus"] == planned.gpus
         # Every other stage waits for this one.
         assert set(cluster.jobs()) == {f"{name}-{done}" for done in stages[:stages.index(stage) + 1]}
@@ -170,7 +170,8 @@ async def test_invalid_spec_sets_ready_false_with_the_field_and_creates_nothing(
     await cluster.patch_spec("bad", {"preset": "fast", "storage": {"size": "1Gi"}, "gpu": {"memory": "24Gi"},
                                      "stages": {"sft": {"learningRate": 1e-5}}})
     await eventually(lambda: cluster.jobs().get("bad-sft"))
-    assert condition(cluster, "bad", "Ready")["status"] == "True"
+    # The pass creates the Job, then writes the status.
+    await eventually(lambda: condition(cluster, "bad", "Ready")["status"] == "True")
 
 
 async def test_suspend_removes_the_stage_job_and_resume_recreates_it(cluster, operator):
@@ -258,16 +259,16 @@ async def test_image_pull_errors_and_unschedulable_pods_surface_as_conditions(cl
 async def test_spec_change_while_running_applies_to_later_stages_only(cluster, operator):
     await cluster.apply(run_resource("change", {"preset": "fast"}))
     await eventually(lambda: cluster.jobs().get("change-sft"))
-    frozen = cluster.objects("configmaps")["change-sft"]["data"]["plan.json"]
+    frozen = mounted_plan(cluster, "change-sft")
     await cluster.patch_spec("change", {"stages": {"eval": {"k": 3}}})
     await eventually(lambda: events(cluster, "SpecChanged"))
     assert "rl" in events(cluster, "SpecChanged")[0]["message"]
-    assert cluster.objects("configmaps")["change-sft"]["data"]["plan.json"] == frozen
+    assert mounted_plan(cluster, "change-sft") == frozen
     await finish_stage(cluster, "change-sft")
     await eventually(lambda: cluster.jobs().get("change-rl"))
     await finish_stage(cluster, "change-rl")
     await eventually(lambda: cluster.jobs().get("change-eval"))
-    later = json.loads(cluster.objects("configmaps")["change-eval"]["data"]["plan.json"])
+    later = json.loads(mounted_plan(cluster, "change-eval"))
     assert later["spec"]["stages"]["eval"]["k"] == 3
 
 
@@ -295,6 +296,12 @@ async def test_operator_metrics_count_runs_by_phase_and_stage_transitions(cluste
     assert registry.get_sample_value("rto_operator_stage_duration_seconds_count", {"stage": "sft"}) == 1
     assert registry.get_sample_value("rto_operator_handler_duration_seconds_count", {"handler": "reconcile"}) > 0
 
+
+
+def mounted_plan(cluster, job_name: str) -> str:
+    """The plan file a stage Job's pods read: the ConfigMap its pod template mounts."""
+    volume = cluster.jobs()[job_name]["spec"]["template"]["spec"]["volumes"][0]
+    return cluster.objects("configmaps")[volume["configMap"]["name"]]["data"]["plan.json"]
 
 def test_the_webhook_rejects_what_the_reconciler_would_with_the_field_path():
     with pytest.raises(kopf.AdmissionError, match="spec.stages.sft.epochs"):

@@ -64,6 +64,9 @@ class Cache:
         children = table.setdefault(key, {})
         name = body["metadata"]["name"]
         if deleted:
+            current = children.get(name)
+            if current is not None and current["metadata"].get("uid") != body["metadata"].get("uid"):
+                return  # the predecessor of the same name (a retried stage's failed Job) going away late
             gone = children.pop(name, None)
             if kind == "Job":
                 self.deleted_jobs.setdefault(key, {})[name] = body if gone is None else _newest(gone, body)

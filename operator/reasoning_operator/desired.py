@@ -6,6 +6,7 @@ No API calls here. Names are deterministic (``<run>-<stage>``), so creating a ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -45,11 +46,12 @@ class Run:
     name: str
     namespace: str
     uid: str
+    retry: str | None = None  # the reasoning.dev/retry annotation: a new value asks to rerun failed stages
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Run:
         meta = body["metadata"]
-        return cls(meta["name"], meta["namespace"], meta["uid"])
+        return cls(meta["name"], meta["namespace"], meta["uid"], (meta.get("annotations") or {}).get(RETRY_ANNOTATION))
 
     @property
     def output_dir(self) -> str:
@@ -67,6 +69,9 @@ class Run:
     def metadata(self, name: str, stage: str | None = None) -> dict[str, Any]:
         return {"name": name, "namespace": self.namespace, "labels": self.labels(stage),
                 "ownerReferences": [self.owner_reference()]}
+
+
+RETRY_ANNOTATION = f"{GROUP}/retry"
 
 
 def job_name(run: str, stage: str) -> str:
@@ -92,16 +97,20 @@ def volume_claim(run: Run, spec: RunSpec) -> dict[str, Any] | None:
                                   "resources": {"requests": {"storage": storage.size}}}
     if storage.storage_class_name:
         claim_spec["storageClassName"] = storage.storage_class_name
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": run.metadata(claim_name(run, spec)),
-            "spec": claim_spec}
+    metadata = run.metadata(claim_name(run, spec))
+    if storage.when_deleted == "Retain":  # no owner: the garbage collector leaves it when the run goes
+        del metadata["ownerReferences"]
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": claim_spec}
 
 
 def plan_config_map(run: Run, spec: RunSpec, plan: RunPlan, stage: str) -> dict[str, Any]:
     """The plan the stage starts from, frozen when its Job is created: a later spec change
-    reaches only stages that have not started."""
-    document = plan_document(run.name, run.namespace, spec, plan, run.output_dir)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": run.metadata(job_name(run.name, stage), stage),
-            "data": {"plan.json": json.dumps(document, indent=2)}}
+    reaches only stages that have not started. Named by its content, so a Job made after the spec
+    changed (a retry, a resume) mounts the plan it was made from, never an older one."""
+    text = json.dumps(plan_document(run.name, run.namespace, spec, plan, run.output_dir), indent=2)
+    name = f"{job_name(run.name, stage)}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": run.metadata(name, stage),
+            "data": {"plan.json": text}}
 
 
 def headless_service(run: Run, stage: str) -> dict[str, Any]:
@@ -116,14 +125,16 @@ def headless_service(run: Run, stage: str) -> dict[str, Any]:
 def stage_children(run: Run, spec: RunSpec, plan: RunPlan, stage: str, image: str, config) -> list[dict[str, Any]]:
     """Everything one stage needs, in creation order: plan ConfigMap, Service (multi-node), Job."""
     stage_plan = plan.stages[stage].to_dict()
-    children = [plan_config_map(run, spec, plan, stage)]
+    config_map = plan_config_map(run, spec, plan, stage)
+    children = [config_map]
     if stage_plan["nodes"] > 1:
         children.append(headless_service(run, stage))
-    children.append(stage_job(run, spec, stage, stage_plan, image, config))
+    children.append(stage_job(run, spec, stage, stage_plan, image, config, config_map["metadata"]["name"]))
     return children
 
 
-def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], image: str, config) -> dict[str, Any]:
+def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], image: str, config,
+              plan_name: str) -> dict[str, Any]:
     name = job_name(run.name, stage)
     nodes = stage_plan["nodes"]
     gpus_per_node = stage_plan["gpus"] // nodes
@@ -145,7 +156,7 @@ def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], i
         "template": {
             "metadata": {"labels": {**spec.pod_labels, **run.labels(stage)},
                          "annotations": {**spec.pod_annotations, **metadata["annotations"]}},
-            "spec": _pod_spec(run, spec, stage, stage_plan, gpus_per_node, image, config),
+            "spec": _pod_spec(run, spec, stage, stage_plan, gpus_per_node, image, config, plan_name),
         },
     }
     if nodes > 1:
@@ -168,7 +179,7 @@ def _plan_annotations(stage_plan: dict[str, Any]) -> dict[str, str]:
 
 
 def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], gpus_per_node: int,
-              image: str, config) -> dict[str, Any]:
+              image: str, config, plan_name: str) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
@@ -202,7 +213,7 @@ def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], g
         "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": [
-            {"name": "plan", "configMap": {"name": job_name(run.name, stage)}},
+            {"name": "plan", "configMap": {"name": plan_name}},
             {"name": "data", "persistentVolumeClaim": {"claimName": claim_name(run, spec)}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib}Gi"}},
         ],

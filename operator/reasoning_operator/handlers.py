@@ -33,7 +33,7 @@ from .config import OperatorConfig
 from .desired import RUN_LABEL, STAGE_LABEL, Run, job_name, stage_children, volume_claim
 from .kube import ApiError, Kube
 from .metrics import OperatorMetrics
-from .progress import Decision, Observed, decide, job_outcome, load_status, rejected
+from .progress import Decision, Observed, decide, job_outcome, load_status, refuse_child, rejected
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,15 @@ WEBHOOK_ID = "validate"
 LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 # Back-off of a run whose pass failed (API refusal, network): doubling up to the cap.
 RETRY_SECONDS, RETRY_CAP_SECONDS = 1.0, 300.0
+# Statuses of a create the API server refused (bad request, forbidden by RBAC, quota or admission,
+# invalid): the run records them; retrying at once cannot help.
+REFUSED = (400, 403, 422)
+
+
+class ChildRefused(Exception):
+    def __init__(self, kind: str, name: str, error: ApiError):
+        super().__init__(f"{kind} {name} refused: {error}")
+        self.kind, self.name, self.error = kind, name, error
 
 
 @dataclass
@@ -188,6 +197,7 @@ async def _reconcile(operator: Operator, key: RunKey) -> None:
     stored = body.get("status") or {}
     generation = body["metadata"].get("generation", 1)
     now = datetime.now(timezone.utc)
+    refusal = None
     verdict = _admission(operator, body)
     if isinstance(verdict, Rejected):
         decision = rejected(generation, stored, verdict.reason, str(verdict), now)
@@ -195,8 +205,13 @@ async def _reconcile(operator: Operator, key: RunKey) -> None:
         observed = await observe(operator, run, load_status(stored), now)
         decision = decide(run, generation, verdict.spec, verdict.plan, stored, observed,
                           operator.config.stuck_after_seconds)
-        await act(operator, run, verdict, decision)
-    patch = merge_patch(stored, decision.status_patch())
+        try:
+            await act(operator, run, verdict, decision)
+        except ChildRefused as refused:
+            refuse_child(decision, load_status(stored), generation, refused.kind, refused.name,
+                         refused.error.reason, refused.error.message, now)
+            refusal = refused
+    patch = merge_patch(stored, decision.status_patch(stored))
     if patch:
         try:
             written = await kube.patch_status("ReasoningTraining", run.namespace, run.name, patch,
@@ -214,6 +229,8 @@ async def _reconcile(operator: Operator, key: RunKey) -> None:
     for event in decision.events:
         await kube.post_event(body, event.type, event.reason, event.message)
     operator.metrics.observe(run.namespace, run.name, load_status(stored), decision.status)
+    if refusal is not None:
+        raise refusal  # the worker tries the run again with back-off
 
 
 def _admission(operator: Operator, body: dict[str, Any]) -> Admitted | Rejected:
@@ -268,15 +285,24 @@ async def act(operator: Operator, run: Run, admitted: Admitted, decision: Decisi
     if decision.create:
         claim = volume_claim(run, spec)
         if claim is not None:
-            await kube.create(claim)
+            await _create(kube, claim)
         image = spec.image or operator.config.trainer_image
         for child in stage_children(run, spec, admitted.plan, decision.create, image, operator.config):
-            created = await kube.create(child)
+            created = await _create(kube, child)
             if created is not None and created.get("kind") == "Job":
                 # known now, so the next pass need not ask whether the watch has delivered it yet
                 operator.cache.store_child("Job", (run.namespace, run.name), created)
     if decision.remove:
         await kube.delete("Job", run.namespace, job_name(run.name, decision.remove))
+
+
+async def _create(kube: Kube, child: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return await kube.create(child)
+    except ApiError as error:
+        if error.status in REFUSED:
+            raise ChildRefused(child["kind"], child["metadata"]["name"], error) from None
+        raise
 
 
 async def _drop_legacy_finalizer(kube: Kube, body: dict[str, Any]) -> None:

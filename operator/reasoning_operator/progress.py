@@ -8,6 +8,7 @@ status is the record of finished stages, so a Job cleaned up by its TTL is never
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,14 +51,19 @@ class Decision:
     remove: str | None = None  # delete this stage's Job (suspend: its pod checkpoints on SIGTERM)
     events: list[Event] = field(default_factory=list)
 
-    def status_patch(self) -> dict[str, Any]:
-        return self.status.model_dump(by_alias=True, exclude_none=True)
+    def status_patch(self, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The whole new status; fields of ``stored`` this version does not know (a newer
+        operator's) are kept as they are."""
+        unknown = {key: value for key, value in (stored or {}).items() if key not in _STATUS_FIELDS}
+        return {**unknown, **self.status.model_dump(by_alias=True, exclude_none=True)}
+
+
+_STATUS_FIELDS = {field.alias or name for name, field in RunStatus.model_fields.items()}
 
 
 def load_status(raw: dict[str, Any] | None) -> RunStatus:
-    """The stored status; fields this version does not know are dropped, not fatal."""
-    known = {field.alias for field in RunStatus.model_fields.values()}
-    return RunStatus.model_validate({key: value for key, value in (raw or {}).items() if key in known})
+    """The stored status; fields this version does not know are left out, not fatal."""
+    return RunStatus.model_validate({key: value for key, value in (raw or {}).items() if key in _STATUS_FIELDS})
 
 
 def decide(run: Run, generation: int, spec: RunSpec, plan: RunPlan, stored: dict[str, Any] | None,
@@ -69,16 +75,46 @@ def decide(run: Run, generation: int, spec: RunSpec, plan: RunPlan, stored: dict
     status.output_dir = run.output_dir
     decision = Decision(status)
     enabled = spec.enabled_stages()
+    retry = run.retry if run.retry is not None and run.retry != before.retried else None
+    if retry is not None and not any(stage.phase == "Failed" for stage in before.stages.values()):
+        status.retried, retry = retry, None  # consumed, so that it never reruns a later failure unasked
+        decision.events.append(Event("Normal", "RetryIgnored", "reasoning.dev/retry changed, but no stage has failed"))
     for stage in enabled:
         stage_status = status.stages.setdefault(stage, StageStatus())
         if stage_status.phase == "Pending" and stage not in observed.jobs:
             stage_status.gpus = plan.stages[stage].gpus  # not started: follows the current spec
-    progressing = _advance(run.name, spec, enabled, status, observed, stuck_after, decision)
-    _summarize(spec, enabled, status, observed.now, progressing)
-    _condition(status, "Ready", True, "Planned", f"stages {', '.join(enabled)} planned; most GPUs "
-                                                 f"of a stage: {plan.gpus}", observed.now)
-    decision.events = transition_events(before, status, generation)
+    stopping = _stop_disabled(enabled, status, observed, decision)
+    progressing = stopping or _advance(run.name, spec, enabled, status, observed, stuck_after, decision, retry)
+    _summarize(spec, enabled, status, observed.now, progressing, stopping is not None)
+    if status.phase == "Failed":
+        _condition(status, "Ready", False, "RunFailed", progressing[2], observed.now)
+    else:
+        _condition(status, "Ready", True, "Planned", f"stages {', '.join(enabled)} planned; most GPUs "
+                                                     f"of a stage: {plan.gpus}", observed.now)
+    decision.events += transition_events(before, status, generation)
     return decision
+
+
+def refuse_child(decision: Decision, before: RunStatus, generation: int, kind: str, name: str, api_reason: str,
+                 message: str, now: datetime) -> None:
+    """The API server refused to create a child of the stage ``decision`` was starting (a quota, Pod
+    Security, RBAC, a field it rejects): the run says which object, the API server's reason and
+    words, and that the operator tries again with back-off. The same refusal again changes nothing,
+    so it is said once."""
+    status, stage = decision.status, decision.create
+    reason = f"{kind}{api_reason or 'Refused'}"
+    text = f"the API server refused {kind} {name}: {message}"
+    current = status.stages[stage]
+    current.job = (before.stages.get(stage) or StageStatus()).job  # nothing was created
+    current.message = f"{text}; trying again with back-off"
+    _condition(status, "Ready", False, reason, text, now)
+    _condition(status, "Progressing", False, reason, f"stage {stage} cannot start: {kind} {name} was refused; "
+                                                     f"trying again with back-off", now)
+    for condition in status.conditions:  # a refusal seen again is no new transition
+        old = next((old for old in before.conditions if old.type == condition.type), None)
+        if old is not None and old.status == condition.status:
+            condition.last_transition_time = old.last_transition_time
+    decision.events = transition_events(before, status, generation)
 
 
 def rejected(generation: int, stored: dict[str, Any] | None, reason: str, message: str, now: datetime) -> Decision:
@@ -92,8 +128,31 @@ def rejected(generation: int, stored: dict[str, Any] | None, reason: str, messag
     return Decision(status, events=transition_events(before, status, generation))
 
 
+def _stop_disabled(enabled: list[str], status: RunStatus, observed: Observed,
+                   decision: Decision) -> tuple[bool, str, str] | None:
+    """A stage disabled (spec.stages.<stage>.enabled: false) after it started: its Job is deleted
+    (its pod saves a checkpoint on SIGTERM) and the stage is recorded Stopped, never Succeeded.
+    Nothing else starts until that Job is gone. A disabled stage that never started is dropped."""
+    for stage, current in list(status.stages.items()):
+        if stage in enabled or current.phase not in ("Pending", "Running", "Suspended"):
+            continue
+        job = observed.jobs.get(stage)
+        if job is None:
+            if current.job is None:
+                del status.stages[stage]
+            else:
+                current.phase = "Stopped"
+                current.message = f"stopped: spec.stages.{stage}.enabled was set to false while it ran"
+            continue
+        if not job["metadata"].get("deletionTimestamp"):
+            decision.remove = stage
+        current.message = f"stopping: spec.stages.{stage}.enabled is false; deleting Job {current.job}"
+        return True, "StageStopping", f"stage {stage}: {current.message}"
+    return None
+
+
 def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, observed: Observed,
-             stuck_after: float, decision: Decision) -> tuple[bool, str, str]:
+             stuck_after: float, decision: Decision, retry: str | None) -> tuple[bool, str, str]:
     """Walk the stages in order up to the first unfinished one; returns the Progressing condition."""
     for stage in enabled:
         current = status.stages[stage]
@@ -101,6 +160,16 @@ def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, obs
             continue
         status.stage = stage
         job = observed.jobs.get(stage)
+        if current.phase == "Failed" and retry is not None:
+            if job is not None:  # the failed Job goes first: its successor has the same name
+                if not job["metadata"].get("deletionTimestamp"):
+                    decision.remove = stage
+                current.message = f"retry requested: removing the failed Job {current.job} first"
+                return True, "Retrying", f"stage {stage}: {current.message}"
+            status.retried = retry
+            current.phase, current.reason, current.completion_time = "Pending", None, None
+            current.retries += 1
+            current.job = None
         if current.phase == "Failed":
             return False, current.reason or "StageFailed", f"stage {stage} failed: {current.message}"
         if spec.suspend:
@@ -203,20 +272,19 @@ def _record_success(current: StageStatus, job: dict, pods: list[dict]) -> None:
     current.phase, current.job = "Succeeded", job["metadata"]["name"]
     current.start_time = current.start_time or job_status.get("startTime")
     current.completion_time = job_status.get("completionTime") or current.start_time
-    result = _termination_result(_result_pod(pods, "Succeeded"))
+    result, dropped = trainer_result(_termination_result(_result_pod(pods, "Succeeded")))
     current.duration_seconds = result.get("durationSeconds", _seconds(current.start_time, current.completion_time))
     current.accuracy = result.get("accuracy")
     current.checkpoint = result.get("checkpoint")
-    current.metrics = {key: float(value) for key, value in (result.get("metrics") or {}).items()}
-    current.message = "succeeded"
+    current.metrics = result.get("metrics", {})
+    current.message = "succeeded" + (f"; left out of the trainer's result: {', '.join(dropped)}" if dropped else "")
 
 
 def _record_failure(current: StageStatus, job: dict, pods: list[dict]) -> None:
     job_status = job.get("status") or {}
     current.phase, current.job = "Failed", job["metadata"]["name"]
     current.attempts = max(current.attempts, int(job_status.get("failed", 0)))
-    pod = _result_pod(pods, "Failed")
-    result = _termination_result(pod)
+    result, _ = trainer_result(_termination_result(_result_pod(pods, "Failed")))
     current.reason = _job_condition_reason(job) or "StageFailed"
     reason = result.get("reason") or _job_condition_message(job) or "the stage's Job failed"
     current.message = f"{reason} (after {current.attempts} attempt{'s' if current.attempts != 1 else ''})"
@@ -263,6 +331,39 @@ def _termination_result(pod: dict | None) -> dict[str, Any]:
     return {}
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What the status keeps of a trainer's result: the API server's JSON decoder refuses NaN and the
+# CRD refuses a string where a number belongs, and one such value would freeze every later patch.
+_RESULT_FIELDS = {"durationSeconds": _finite, "accuracy": _finite,
+                  "checkpoint": lambda value: isinstance(value, str),
+                  "reason": lambda value: isinstance(value, str)}
+
+
+def trainer_result(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The fields of a termination message the status can hold, and the names of those left out
+    (wrong type or not finite, and what the trainer itself reported as not finite)."""
+    result, dropped = {}, []
+    for key, fits in _RESULT_FIELDS.items():
+        if raw.get(key) is not None:
+            if fits(raw[key]):
+                result[key] = raw[key]
+            else:
+                dropped.append(key)
+    metrics = raw.get("metrics")
+    if isinstance(metrics, dict):
+        result["metrics"] = {key: float(value) for key, value in metrics.items() if _finite(value)}
+        dropped += [f"metrics.{key}" for key, value in metrics.items() if not _finite(value)]
+    elif metrics is not None:
+        dropped.append("metrics")
+    non_finite = raw.get("nonFinite")
+    if isinstance(non_finite, list):
+        dropped += [str(name)[:100] for name in non_finite[:20]]
+    return result, dropped
+
+
 def _job_condition_reason(job: dict) -> str:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") in FAILED_CONDITIONS and condition.get("status") == "True":
@@ -283,8 +384,8 @@ def _last_condition_time(job: dict) -> str | None:
 
 
 def _summarize(spec: RunSpec, enabled: list[str], status: RunStatus, now: datetime,
-               progressing: tuple[bool, str, str]) -> None:
-    phases = [status.stages[stage].phase for stage in enabled]
+               progressing: tuple[bool, str, str], stopping: bool) -> None:
+    phases = [status.stages[stage].phase for stage in enabled] + (["Running"] if stopping else [])
     if "Failed" in phases:
         status.phase = "Failed"
     elif all(phase == "Succeeded" for phase in phases):
@@ -369,6 +470,9 @@ def transition_events(before: RunStatus, after: RunStatus, generation: int) -> l
 
 
 def _stage_events(name: str, old: StageStatus, new: StageStatus) -> list[Event]:
+    if new.retries > old.retries:
+        return [Event("Normal", "StageRetried", f"stage {name}: retry {new.retries} requested; Job {new.job} "
+                                                f"resumes from the stage's last checkpoint in the run's folder")]
     if old.phase == new.phase and old.attempts == new.attempts:
         return []
     if new.phase == "Succeeded":
@@ -377,6 +481,8 @@ def _stage_events(name: str, old: StageStatus, new: StageStatus) -> list[Event]:
         return [Event("Normal", "StageSucceeded", f"stage {name} succeeded{duration}{accuracy}")]
     if new.phase == "Failed":
         return [Event("Warning", "StageFailed", f"stage {name} failed: {new.message}")]
+    if new.phase == "Stopped":
+        return [Event("Normal", "StageStopped", f"stage {name} {new.message}")]
     if new.attempts > max(old.attempts, 1):
         return [Event("Warning", "StageRetrying", f"stage {name}: {new.message}, resuming from its last checkpoint")]
     if new.phase == "Running" and old.phase != "Running":

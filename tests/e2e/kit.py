@@ -94,6 +94,24 @@ class Cluster:
         args = ["apply", "-f", "-"] + ([f"--namespace={namespace}"] if namespace else [])
         self.kubectl(*args, input=yaml.safe_dump_all(documents))
 
+    # ---- the CRD
+
+    CRD = f"{PLURAL}.{GROUP}"
+
+    def ensure_crd(self) -> None:
+        """manifests/crd.yaml applied as the README's kubectl walkthrough does, unless it is there."""
+        try:
+            client.ApiextensionsV1Api(self.api).read_custom_resource_definition(self.CRD)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+            self.apply(yaml.safe_load((ROOT / "manifests/crd.yaml").read_text()))
+            self.kubectl("wait", "--for=condition=Established", f"crd/{self.CRD}", "--timeout=60s")
+
+    def remove_crd(self) -> None:
+        """No CRD (and so no run) left: Helm installs its own, which one applied with kubectl would co-own."""
+        self.kubectl("delete", "crd", self.CRD, "--ignore-not-found", "--wait=true", "--timeout=90s")
+
     # ---- reads
 
     def run(self, namespace: str, name: str) -> dict[str, Any]:
@@ -238,6 +256,13 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def permission_refusals(self) -> list[str]:
+        """Log lines of calls the cluster refused for want of permission: RBAC ("is forbidden:
+        User ... cannot ...") or the ownerReference plugin ("cannot set blockOwnerDeletion"). A
+        quota or Pod Security refusal is the cluster's answer to a run, not a missing rule."""
+        return [line for line in self.log().splitlines()
+                if "is forbidden: User" in line or "cannot set blockOwnerDeletion" in line]
 
 
 class JobWatcher(threading.Thread):

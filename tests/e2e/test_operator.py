@@ -7,11 +7,14 @@ kwok plays the stage pods: they run for a while and succeed or fail as their ann
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -29,14 +32,13 @@ def cluster():
         started = Cluster.start()
     except Unavailable as reason:
         pytest.skip(str(reason))
-    started.apply(yaml.safe_load((ROOT / "manifests/crd.yaml").read_text()))
-    started.kubectl("wait", "--for=condition=Established", "crd/reasoningtrainings.reasoning.dev", "--timeout=60s")
     yield started
     started.stop()
 
 
 @pytest.fixture
 def namespace(cluster):
+    cluster.ensure_crd()  # test_helm.py removes it
     name = f"e2e-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
     # The default ServiceAccount appears a moment later; Jobs' pods need it.
@@ -63,8 +65,7 @@ def start_operator(cluster, namespace, tmp_path):
     for process in started:
         if process.forbidden_expected:
             continue
-        log = process.log()
-        assert "Forbidden" not in log and " 403" not in log, f"the chart's RBAC refused a call:\n{log[-3000:]}"
+        assert not process.permission_refusals(), f"the chart's RBAC refused a call:\n{process.log()[-3000:]}"
 
 TINY = ["select", "sft", "rl", "eval"]
 RESULT = {"phase": "Succeeded", "durationSeconds": 1.5, "accuracy": 0.625, "checkpoint": "/data/models/stage",
@@ -271,6 +272,58 @@ def test_a_stage_failing_past_its_backoff_limit_fails_the_run_with_the_trainers_
     assert list(watcher.uids) == ["crashing-select"], "a failed stage is never recreated"
 
 
+def rto(cluster, *args: str) -> subprocess.CompletedProcess:
+    """The ``rto`` CLI as a user runs it, on the test cluster's kubeconfig."""
+    return subprocess.run([str(Path(sys.executable).parent / "rto"), *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "KUBECONFIG": cluster.kubeconfig})
+
+
+def test_rto_retry_reruns_a_failed_stage_from_the_edited_spec_in_the_same_folder(cluster, namespace,
+                                                                                start_operator):
+    watcher = JobWatcher(cluster, namespace)
+    watcher.start()
+    start_operator()
+    failure = {"phase": "Failed", "reason": "CUDA out of memory at step 12"}
+    cluster.apply(tiny_run("flaky", backoffLimit=0, podAnnotations=kwok("0s", "fail", failure)), namespace=namespace)
+    assert wait_for(lambda: finished(cluster, namespace, "flaky"), 60, "the run to fail") == "Failed"
+    folder = status(cluster, namespace, "flaky")["outputDir"]
+    first_plan = cluster.jobs(namespace)["flaky-select"].spec.template.spec.volumes[0].config_map.name
+    # The user fixes the cause in the spec (here: the pods now succeed), then asks for the retry.
+    cluster.kubectl("patch", "rt", "flaky", f"--namespace={namespace}", "--type=merge",
+                    "-p", json.dumps({"spec": {"podAnnotations": kwok("1s")}}))
+    retried = rto(cluster, "retry", "flaky", f"--namespace={namespace}")
+    assert retried.returncode == 0, retried.stderr
+    assert f"flaky: retrying select, from the last checkpoint in {folder}" in retried.stdout
+    assert wait_for(lambda: finished(cluster, namespace, "flaky") == "Succeeded" or None, 90,
+                    "the retried run to succeed")
+    run = status(cluster, namespace, "flaky")
+    assert run["outputDir"] == folder and run["stages"]["select"]["retries"] == 1
+    assert all(stage["phase"] == "Succeeded" for stage in run["stages"].values())
+    watcher.stop()
+    assert len(watcher.uids["flaky-select"]) == 2, "the failed Job was replaced once"
+    assert cluster.jobs(namespace)["flaky-select"].spec.template.spec.volumes[0].config_map.name != first_plan, \
+        "the retried Job mounts the plan of the edited spec"
+    assert "StageRetried" in [event.reason for event in cluster.events(namespace, "flaky")]
+    again = rto(cluster, "retry", "flaky", f"--namespace={namespace}")
+    assert again.returncode == 1 and "has no failed stage (phase Succeeded): nothing to retry" in again.stderr
+
+
+def test_deleting_a_run_keeps_its_claim_unless_the_spec_says_delete(cluster, namespace, start_operator):
+    start_operator()
+    cluster.apply(tiny_run("kept", podAnnotations=kwok("1s")), namespace=namespace)
+    cluster.apply(tiny_run("dropped", podAnnotations=kwok("1s"), storage={"size": "2Gi", "whenDeleted": "Delete"}),
+                  namespace=namespace)
+    for name in ("kept", "dropped"):
+        assert wait_for(lambda: finished(cluster, namespace, name), 90, f"run {name} to finish") == "Succeeded"
+    cluster.kubectl("delete", "rt", "kept", "dropped", f"--namespace={namespace}", "--wait=true", "--timeout=30s")
+
+    def claims() -> set[str]:
+        return {claim.metadata.name for claim in cluster.core.list_namespaced_persistent_volume_claim(namespace).items}
+
+    wait_for(lambda: "dropped-data" not in claims(), 60, "the garbage collector to delete dropped-data")
+    assert "kept-data" in claims(), "the default whenDeleted: Retain keeps the checkpoints"
+
+
 def test_jobs_removed_by_their_ttl_at_once_are_not_rerun(cluster, namespace, start_operator):
     watcher = JobWatcher(cluster, namespace)
     watcher.start()
@@ -298,6 +351,42 @@ def test_stage_pods_pass_the_restricted_pod_security_standard(cluster, namespace
     for pod in pods:
         assert pod.spec.automount_service_account_token is False
         assert not any(mount.mount_path.startswith("/var/run/secrets") for mount in pod.spec.containers[0].volume_mounts)
+
+
+def condition(cluster, namespace: str, name: str, kind: str) -> dict:
+    return next((item for item in status(cluster, namespace, name).get("conditions") or [] if item["type"] == kind),
+                {})
+
+
+def test_a_child_the_api_server_refuses_is_reported_once_and_created_once_allowed(cluster, namespace,
+                                                                                    start_operator):
+    cluster.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-jobs"},
+                   "spec": {"hard": {"count/jobs.batch": "0"}}}, namespace=namespace)
+    wait_for(lambda: cluster.core.read_namespaced_resource_quota("no-jobs", namespace).status.hard, 30,
+             "the quota controller to count the namespace")
+    start_operator()
+    cluster.apply(tiny_run("quota", podAnnotations=kwok("1s")), namespace=namespace)
+    ready = wait_for(lambda: (condition(cluster, namespace, "quota", "Ready").get("reason") == "JobForbidden"
+                              and condition(cluster, namespace, "quota", "Ready")), 60, "the refusal in the status")
+    assert ready["status"] == "False" and "quota-select" in ready["message"] and "exceeded quota" in ready["message"]
+    time.sleep(8)  # the operator tries again after 1, 2 and 4 s
+    assert [event.reason for event in cluster.events(namespace, "quota")].count("JobForbidden") == 1
+    assert condition(cluster, namespace, "quota", "Ready")["lastTransitionTime"] == ready["lastTransitionTime"]
+    cluster.kubectl("delete", "resourcequota", "no-jobs", f"--namespace={namespace}")
+    assert wait_for(lambda: finished(cluster, namespace, "quota"), 120, "the run to finish") == "Succeeded"
+    assert condition(cluster, namespace, "quota", "Ready")["status"] == "True"
+
+
+def test_a_termination_message_with_nan_and_strings_is_recorded_without_them(cluster, namespace, start_operator):
+    """The API server's JSON decoder refuses NaN: one such value used to freeze the run's status."""
+    start_operator()
+    annotations = {**kwok("1s"), "kwok.x-k8s.io/termination-message":
+                   '{"phase": "Succeeded", "accuracy": NaN, "metrics": {"loss": "high", "reward": 0.5}}'}
+    cluster.apply(tiny_run("garbled", podAnnotations=annotations), namespace=namespace)
+    assert wait_for(lambda: finished(cluster, namespace, "garbled"), 90, "the run to finish") == "Succeeded"
+    for stage in status(cluster, namespace, "garbled")["stages"].values():
+        assert "accuracy" not in stage and stage["metrics"] == {"reward": 0.5}
+        assert stage["message"] == "succeeded; left out of the trainer's result: accuracy, metrics.loss"
 
 
 def _kubectl(cluster) -> list[str]:

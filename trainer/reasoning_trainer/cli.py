@@ -12,6 +12,7 @@ import sys
 
 import yaml
 from reasoning_operator import main as operator_main
+from reasoning_operator import retry as operator_retry
 
 from . import presets
 from .planner import PlanError, RunPlan, plan_run
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     operator = commands.add_parser("operator", help="run the Kubernetes operator (needs the [operator] extra)")
     operator_main.add_arguments(operator)
     operator.set_defaults(handler=operator_main.run)
+
+    retry = commands.add_parser("retry", help="rerun a run's failed stages on the cluster, each from its last "
+                                              "checkpoint (needs the [operator] extra)")
+    operator_retry.add_arguments(retry)
+    retry.set_defaults(handler=operator_retry.run)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,21 +26,32 @@ class StageResult:
     details: dict = field(default_factory=dict)
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def termination_message(stage: str, phase: str, duration: float, result: StageResult | None = None,
                         reason: str = "") -> str:
+    """Strict JSON (the API server refuses NaN): a value that is not a finite number is left out
+    and named under ``nonFinite``, so a diverged loss shows up as such in the run's status."""
     message = {"stage": stage, "phase": phase, "durationSeconds": round(duration, 1)}
     if result is not None:
+        non_finite = [f"metrics.{key}" for key, value in result.metrics.items() if not _finite(value)]
         if result.accuracy is not None:
-            message["accuracy"] = round(result.accuracy, 4)
+            if _finite(result.accuracy):
+                message["accuracy"] = round(result.accuracy, 4)
+            else:
+                non_finite.insert(0, "accuracy")
         message["checkpoint"] = result.checkpoint
-        message["metrics"] = {key: round(value, 4) for key, value in result.metrics.items()
-                              if isinstance(value, (int, float))}
+        message["metrics"] = {key: round(value, 4) for key, value in result.metrics.items() if _finite(value)}
+        if non_finite:
+            message["nonFinite"] = non_finite
     if reason:
         message["reason"] = reason[-1000:]
-    text = json.dumps(message, separators=(",", ":"))
+    text = json.dumps(message, separators=(",", ":"), allow_nan=False)
     while len(text.encode()) > TERMINATION_LIMIT and message.get("metrics"):
         message["metrics"].popitem()
-        text = json.dumps(message, separators=(",", ":"))
+        text = json.dumps(message, separators=(",", ":"), allow_nan=False)
     return text
 
 

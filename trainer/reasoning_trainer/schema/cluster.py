@@ -52,6 +52,10 @@ class StorageSpec(SpecModel):
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"], min_length=1, description="Access modes of the created claim."
     )
+    when_deleted: Literal["Retain", "Delete"] = Field(
+        "Retain", description="What deleting the run does to the claim it created: Retain keeps it, with every "
+                              "checkpoint and trained model (a later run mounts it with existingClaim); Delete "
+                              "deletes it with the run. A claim named by existingClaim is never deleted.")
 
     @model_validator(mode="after")
     def _one_volume(self) -> StorageSpec:

@@ -66,10 +66,13 @@ class Condition(SpecModel):
 
 
 class StageStatus(SpecModel):
-    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] = "Pending"
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended", "Stopped"] = Field(
+        "Pending", description="Stopped: disabled (spec.stages.<stage>.enabled: false) after it started.")
     job: str | None = None
     gpus: int | None = None
     attempts: int = 0
+    retries: int = Field(0, description="Explicit retries of this stage (rto retry, or the reasoning.dev/retry "
+                                        "annotation).")
     start_time: str | None = None
     completion_time: str | None = None
     duration_seconds: float | None = None
@@ -90,6 +93,7 @@ class RunStatus(SpecModel):
     completion_time: str | None = None
     output_dir: str | None = Field(None, description="The run's folder on its volume: stage results, "
                                                      "checkpoints and trained models.")
+    retried: str | None = Field(None, description="The last value of the reasoning.dev/retry annotation acted on.")
     conditions: list[Condition] = Field(default_factory=list)
     stages: dict[str, StageStatus] = Field(default_factory=dict)
 
