@@ -336,7 +336,8 @@ def test_operator_settings_come_from_the_environment_and_bad_values_name_the_var
 @pytest.mark.parametrize("spec_fields, stage", [
     ({"preset": "full", "storage": {"size": "1Ti"}, "queueName": "q", "ttlSecondsAfterFinished": 60,
       "tolerations": [{"key": "a", "operator": "Equal", "value": "b", "effect": "NoSchedule"}]}, "rl"),
-    ({"preset": "2gpu", "storage": {"size": "1Ti", "storageClassName": "fast"}, "gpu": {"memory": "80Gi"},
+    ({"preset": "2gpu", "storage": {"size": "1Ti", "storageClassName": "fast", "accessModes": ["ReadWriteMany"]},
+      "gpu": {"memory": "80Gi"},
       "stages": {"sft": {"nodes": 2, "gpus": 16}}, "hfTokenSecret": {"name": "hf"}}, "sft"),
     ({"preset": "tiny", "storage": {"size": "2Gi"}}, "select"),
 ])

@@ -209,7 +209,7 @@ async def test_restarting_the_operator_mid_stage_creates_no_duplicate(cluster, o
 
 async def test_multi_node_stage_is_an_indexed_job_with_a_headless_service_and_torchrun_env(cluster, operator):
     spec = {"preset": "2gpu", "gpu": {"memory": "80Gi", "maxPerNode": 8},
-            "stages": {"sft": {"nodes": 2, "gpus": 16}}}
+            "storage": {"size": "1Ti", "accessModes": ["ReadWriteMany"]}, "stages": {"sft": {"nodes": 2, "gpus": 16}}}
     await cluster.apply(run_resource("wide", spec))
     job = await eventually(lambda: cluster.jobs().get("wide-sft"))
     assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 2, 2)

@@ -49,7 +49,7 @@ MALFORMED = [
     ("k of 1 for best-of-k", {**FAST, "stages": {"eval": {"k": 1}}},
      "spec.stages.eval", "k of at least 2"),
     ("a string where a number belongs", {**FAST, "stages": {"rl": {"iterations": "many"}}},
-     "spec.stages.rl.iterations", "valid integer"),
+     "spec.stages.rl.iterations", "must be a number, not the string 'many'; write it without quotes"),
 ]
 
 

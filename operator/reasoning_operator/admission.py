@@ -34,7 +34,7 @@ def admit(resource: dict[str, Any]) -> Admitted:
         name, spec = validate_resource(_without_status(resource))
     except RunValidationError as error:
         raise Rejected("InvalidSpec", error.issues) from None
-    issues = _cluster_issues(name, spec)
+    issues = cluster_issues(name, spec)
     if issues:
         raise Rejected("InvalidSpec", issues)
     try:
@@ -48,7 +48,8 @@ def _without_status(resource: dict[str, Any]) -> dict[str, Any]:
     return {key: resource[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in resource}
 
 
-def _cluster_issues(name: str, spec: RunSpec) -> list[Issue]:
+def cluster_issues(name: str, spec: RunSpec) -> list[Issue]:
+    """What only a cluster needs of a valid spec; ``rto validate`` reports these too."""
     issues = []
     if len(name) > MAX_RUN_NAME:
         issues.append(Issue("metadata.name", f"at most {MAX_RUN_NAME} characters, got {len(name)}: the stage Jobs "

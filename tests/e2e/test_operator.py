@@ -6,9 +6,11 @@ kwok plays the stage pods: they run for a while and succeed or fail as their ann
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -387,6 +389,41 @@ def test_a_termination_message_with_nan_and_strings_is_recorded_without_them(clu
     for stage in status(cluster, namespace, "garbled")["stages"].values():
         assert "accuracy" not in stage and stage["metrics"] == {"reward": 0.5}
         assert stage["message"] == "succeeded; left out of the trainer's result: accuracy, metrics.loss"
+
+
+def test_malformed_runs_are_refused_by_the_api_server_or_by_the_operator_naming_the_field(cluster, namespace,
+                                                                                          start_operator):
+    """The suite of tests/malformed.py on the real API server: what its CRD schema refuses, it
+    refuses naming the field; every other case is stored and the operator refuses it in the run's
+    Ready condition, naming the same field as ``rto validate``."""
+    from malformed import CASES
+
+    start_operator()
+    stored = {}
+    for case in CASES:
+        resource = copy.deepcopy(case.resource)
+        if not case.path.startswith(("metadata", "apiVersion", "kind")):
+            resource["metadata"]["name"] = case.id  # one run per case
+        created = cluster.kubectl_as(cluster.kubeconfig, "create", "-f", "-", f"--namespace={namespace}",
+                                     input=yaml.safe_dump(resource))
+        if created.returncode == 0:
+            stored[resource["metadata"]["name"]] = case
+            continue
+        message = re.sub(r"\[(\d+)\]", r".\1", created.stderr)  # spec.tolerations[0] -> spec.tolerations.0
+        # kubectl itself refuses an unknown type or a namespace other than the one it is given.
+        by_kubectl = case.path in ("apiVersion", "kind", "metadata.namespace") and message.startswith("error: ")
+        assert case.path in message or by_kubectl, \
+            f"{case.id}: the API server refused without naming {case.path}:\n{created.stderr}"
+    refused_by_server = len(CASES) - len(stored)
+    print(f"\n{refused_by_server} of {len(CASES)} malformed runs refused by the API server, "
+          f"{len(stored)} stored and refused by the operator")
+    assert refused_by_server >= 15 and stored
+    for name, case in stored.items():
+        ready = wait_for(lambda: condition(cluster, namespace, name, "Ready").get("status") == "False"
+                         and condition(cluster, namespace, name, "Ready"), 60, f"the operator to refuse {name}")
+        assert ready["reason"] in ("InvalidSpec", "PlanFailed") and f"{case.path}:" in ready["message"], \
+            (case.id, ready)
+    assert not cluster.jobs(namespace), "nothing of a refused run was created"
 
 
 def _kubectl(cluster) -> list[str]:

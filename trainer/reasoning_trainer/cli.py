@@ -17,6 +17,7 @@ from reasoning_operator import retry as operator_retry
 from . import presets
 from .planner import PlanError, RunPlan, plan_run
 from .schema import RunValidationError, load_run_file, validate_spec
+from .schema.errors import Issue
 from .schema.run import STAGE_ORDER
 
 
@@ -38,14 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     source = plan.add_mutually_exclusive_group(required=True)
     source.add_argument("-f", "--filename", help="a ReasoningTraining manifest (or a bare spec)")
     source.add_argument("--preset", choices=presets.available(), help="plan a preset as it is")
-    plan.add_argument("--gpu-memory", metavar="QUANTITY", help="memory per GPU, e.g. 24Gi or 80Gi "
-                                                               "(overrides spec.gpu)")
+    plan.add_argument("--gpu-memory", metavar="QUANTITY", type=_quantity,
+                      help="memory per GPU, e.g. 24Gi or 80Gi (overrides spec.gpu)")
     plan.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     plan.set_defaults(handler=_plan)
 
     validate = commands.add_parser("validate", help="check a manifest; exit 1 with field-path messages if invalid")
     validate.add_argument("-f", "--filename", required=True)
-    validate.add_argument("--gpu-memory", metavar="QUANTITY", help="check the plan against this GPU memory")
+    validate.add_argument("--gpu-memory", metavar="QUANTITY", type=_quantity,
+                          help="check the plan against this GPU memory")
+    validate.add_argument("--local", action="store_true",
+                          help="for `rto run --local`: skip what only a cluster needs (spec.storage, a run name "
+                               "short enough for its Job names)")
     validate.set_defaults(handler=_validate)
 
     listing = commands.add_parser("presets", help="list the presets")
@@ -64,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="run here, stage after stage (on a cluster: kubectl apply -f the manifest)")
     run.add_argument("--output", default="outputs", help="folder for the run's outputs (default: outputs)")
     run.add_argument("--restart", action="store_true", help="discard earlier outputs of this run and start over")
-    run.add_argument("--gpu-memory", metavar="QUANTITY", help="plan for this GPU memory")
+    run.add_argument("--gpu-memory", metavar="QUANTITY", type=_quantity, help="plan for this GPU memory")
     run.set_defaults(handler=_run)
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator (needs the [operator] extra)")
@@ -76,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     operator_retry.add_arguments(retry)
     retry.set_defaults(handler=operator_retry.run)
     return parser
+
+
+def _quantity(value: str) -> str:
+    """A memory quantity flag (24Gi), refused by argparse with the way to write it."""
+    from .schema.base import quantity_bytes
+
+    try:
+        quantity_bytes(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -121,9 +137,15 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from reasoning_operator.admission import cluster_issues
+
     try:
         name, spec = load_run_file(args.filename)
         plan_run(spec, args.gpu_memory)
+        on_cluster = [] if args.local else cluster_issues(name, spec)
+        if on_cluster:  # what the operator and its webhook would refuse, said the same way
+            raise RunValidationError([Issue(issue.path, f"{issue.message} [on a cluster; --local skips this]")
+                                      for issue in on_cluster])
     except (RunValidationError, PlanError) as error:
         return _fail(error)
     stages = ", ".join(spec.enabled_stages()) or "none"

@@ -25,6 +25,8 @@ class SpecModel(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        # As strict as the API server: "3" is no number and "yes" no boolean (the CRD refuses them too).
+        strict=True,
         alias_generator=to_camel,
         validate_by_alias=True,
         validate_by_name=False,

@@ -8,11 +8,18 @@ from .run import RunSpec
 
 def cross_field_issues(spec: RunSpec, prefix: str = "spec") -> list[Issue]:
     return [
+        *_stage_issues(spec, prefix),
         *_gpu_issues(spec, prefix),
         *_model_issues(spec, prefix),
         *_stage_gpu_issues(spec, prefix),
         *_method_issues(spec, prefix),
     ]
+
+
+def _stage_issues(spec: RunSpec, prefix: str) -> list[Issue]:
+    if not spec.enabled_stages():
+        return [Issue(f"{prefix}.stages", "no stage is enabled; enable at least one of select, sft, rl, eval")]
+    return []
 
 
 def _gpu_issues(spec: RunSpec, prefix: str) -> list[Issue]:
@@ -79,6 +86,9 @@ def _stage_gpu_issues(spec: RunSpec, prefix: str) -> list[Issue]:
         if spec.device == "cpu" and stage.gpus > 0:
             issues.append(Issue(path, f"device is cpu but {stage.gpus} GPUs were asked for; "
                                       "set gpus: 0 or device: gpu"))
+        elif spec.device == "gpu" and stage.gpus == 0:
+            issues.append(Issue(path, "device is gpu but 0 GPUs were asked for; omit gpus to let the planner "
+                                      "decide, or set device: cpu"))
         elif stage.gpus % stage.nodes:
             issues.append(Issue(path, f"{stage.gpus} GPUs cannot be split evenly over {stage.nodes} nodes; "
                                       f"use a multiple of {stage.nodes}"))
@@ -87,6 +97,11 @@ def _stage_gpu_issues(spec: RunSpec, prefix: str) -> list[Issue]:
             issues.append(Issue(path, f"{stage.gpus} GPUs on {stage.nodes} node(s) is more than "
                                       f"gpu.maxPerNode ({per_node}) per node; set nodes: {needed} "
                                       f"or at most {per_node * stage.nodes} GPUs"))
+        if stage.nodes > 1 and spec.storage is not None and spec.storage.size is not None \
+                and "ReadWriteMany" not in spec.storage.access_modes:
+            issues.append(Issue(f"{prefix}.storage.accessModes",
+                                f"stages.{name} spans {stage.nodes} nodes, and each mounts the volume: "
+                                f"use [ReadWriteMany] (a storage class that offers it, e.g. NFS or CephFS)"))
     return issues
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .base import Quantity, SpecModel
+from .names import Annotations, Labels, ObjectName
 
 # Memory of common data-centre and workstation GPUs, in GiB as the driver reports it.
 GPU_TYPES: dict[str, float] = {
@@ -46,9 +47,9 @@ class GpuSpec(SpecModel):
 class StorageSpec(SpecModel):
     """Volume for checkpoints and results, shared by all stages."""
 
-    existing_claim: str | None = Field(None, description="Use this PersistentVolumeClaim.")
+    existing_claim: ObjectName | None = Field(None, description="Use this PersistentVolumeClaim.")
     size: Quantity | None = Field(None, description="Create a claim of this size (100Gi).")
-    storage_class_name: str | None = Field(None, description="Storage class of the created claim.")
+    storage_class_name: ObjectName | None = Field(None, description="Storage class of the created claim.")
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"], min_length=1, description="Access modes of the created claim."
     )
@@ -65,7 +66,7 @@ class StorageSpec(SpecModel):
 
 
 class SecretKeyRef(SpecModel):
-    name: str = Field(min_length=1, description="Secret name.")
+    name: ObjectName = Field(description="Secret name.")
     key: str = Field("token", min_length=1, description="Key inside the Secret.")
 
 
@@ -91,18 +92,19 @@ class ClusterFields(SpecModel):
     hf_token_secret: SecretKeyRef | None = Field(
         None, description="Secret holding a Hugging Face token (never copied into status, events or logs)."
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the stage pods require.")
+    node_selector: Labels = Field(default_factory=dict, description="Node labels the stage pods require.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the stage pods tolerate.")
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity, as in a PodSpec.")
-    pod_labels: dict[str, str] = Field(
+    pod_labels: Labels = Field(
         default_factory=dict, description="Extra labels of the stage pods (cost centre, autoscaler hints); "
                                           "the operator's own labels win on a clash.")
-    pod_annotations: dict[str, str] = Field(
+    pod_annotations: Annotations = Field(
         default_factory=dict, description="Extra annotations of the stage pods (sidecar injection, "
                                           "cluster-autoscaler safe-to-evict, ...).")
-    priority_class_name: str | None = Field(None, description="PriorityClass of the stage pods.")
+    priority_class_name: ObjectName | None = Field(None, description="PriorityClass of the stage pods.")
     scheduler_name: str | None = Field(None, description="Scheduler of the stage pods (volcano, ...).")
-    queue_name: str | None = Field(None, description="Kueue LocalQueue; Jobs start suspended for Kueue to admit.")
+    queue_name: ObjectName | None = Field(None, description="Kueue LocalQueue; Jobs start suspended for Kueue to "
+                                                            "admit.")
     backoff_limit: int = Field(2, ge=0, le=100, description="Retries of a failed stage, each from its last checkpoint.")
     suspend: bool = Field(False, description="Suspend the current stage; set false to resume.")
     ttl_seconds_after_finished: int | None = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ def issues_from_pydantic(error: ValidationError, root: type[BaseModel], prefix: 
 def _issue(detail: dict[str, Any], root: type[BaseModel], prefix: str) -> Issue:
     loc = [str(part) for part in detail["loc"]]
     path = ".".join([prefix, *loc]) if loc else prefix
-    kind, ctx, given = detail["type"], detail.get("ctx", {}), detail.get("input")
+    kind, ctx, given = detail["type"], detail.get("ctx", {}), _shown(detail.get("input"))
     if kind == "extra_forbidden":
         return Issue(path, _unknown_field(loc, root))
     if kind == "missing":
@@ -47,11 +48,35 @@ def _issue(detail: dict[str, Any], root: type[BaseModel], prefix: str) -> Issue:
     if kind in bounds:
         bound = next(iter(ctx.values()))
         return Issue(path, f"must be {bounds[kind]} {bound}, got {given!r}")
+    if kind in ("int_type", "float_type") and isinstance(given, str):
+        return Issue(path, f"must be a number, not the string {given!r}; write it without quotes")
+    if kind == "bool_type" and isinstance(given, str):
+        return Issue(path, f"must be true or false, not the string {given!r}")
     if kind == "literal_error":
         return Issue(path, f"must be one of {ctx['expected']}; got {given!r}")
     message = detail["msg"]
     message = message[0].lower() + message[1:]
     return Issue(path, f"{message}, got {given!r}" if not isinstance(given, (dict, list)) else message)
+
+
+# Tokens users paste by mistake (Hugging Face, OpenAI-style, GitHub, GitLab, Slack) and long
+# unbroken letter-and-digit runs: an error message never repeats them.
+_SECRET = re.compile(r"(hf_|sk-|ghp_|gho_|github_pat_|glpat-|xox[abp]-)[A-Za-z0-9_-]{6,}|[A-Za-z0-9+/_=-]{32,}")
+
+
+class _Hidden:
+    def __init__(self, value: str):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"'{self.value[:3]}...' (a secret-looking value, not shown)"
+
+
+def _shown(given: Any) -> Any:
+    """``given`` as a message may repeat it: a secret-looking string is masked."""
+    if isinstance(given, str) and _SECRET.search(given):
+        return _Hidden(given)
+    return given
 
 
 def _unknown_field(loc: list[str], root: type[BaseModel]) -> str:

@@ -14,8 +14,10 @@ import yaml
 from pydantic import ValidationError
 
 from .. import presets
+from . import manifest_yaml
 from .checks import cross_field_issues
 from .errors import Issue, RunValidationError, issues_from_pydantic
+from .names import dns_label_problem
 from .run import GROUP, KIND, VERSION, RunSpec
 
 
@@ -60,9 +62,24 @@ def validate_resource(resource: Any) -> tuple[str, RunSpec]:
         issues.append(Issue("apiVersion", f"must be {GROUP}/{VERSION}, got {resource.get('apiVersion')!r}"))
     if resource.get("kind") != KIND:
         issues.append(Issue("kind", f"must be {KIND}, got {resource.get('kind')!r}"))
-    name = (resource.get("metadata") or {}).get("name")
-    if not name:
-        issues.append(Issue("metadata.name", "required; name the run (it names the stage Jobs)"))
+    metadata = resource.get("metadata")
+    name = None
+    if not isinstance(metadata, dict):
+        issues.append(Issue("metadata", "required mapping with the run's name: metadata: {name: my-run}"
+                            if metadata is None else f"must be a mapping (name, namespace, labels), got "
+                                                     f"{type(metadata).__name__}"))
+    else:
+        name = metadata.get("name")
+        if name is None or name == "":
+            issues.append(Issue("metadata.name", "required; name the run (it names the stage Jobs)"))
+        elif not isinstance(name, str):
+            issues.append(Issue("metadata.name", f"must be a string; quote it: name: \"{name}\""))
+        elif problem := dns_label_problem(name):
+            issues.append(Issue("metadata.name", f"{problem} (it names the stage Jobs and their pods)"))
+        namespace = metadata.get("namespace")
+        if namespace is not None and (not isinstance(namespace, str) or dns_label_problem(namespace)):
+            issues.append(Issue("metadata.namespace", f"must be a namespace name: {dns_label_problem(str(namespace))}"
+                                if isinstance(namespace, str) else "must be a string"))
     if issues:
         raise RunValidationError(issues)
     return name, validate_spec(resource.get("spec"))
@@ -70,12 +87,31 @@ def validate_resource(resource: Any) -> tuple[str, RunSpec]:
 
 def load_run_file(path: str | Path) -> tuple[str, RunSpec]:
     """The run in a manifest file; other documents beside it (a claim, a Secret) are skipped."""
-    try:
-        documents = [document for document in yaml.safe_load_all(Path(path).read_text()) if document is not None]
-    except yaml.YAMLError as error:
-        raise RunValidationError([Issue(str(path), f"is not valid YAML: {error}")]) from None
+    documents = _documents(Path(path))
     runs = [document for document in documents if isinstance(document, dict) and document.get("kind") == KIND]
     if len(documents) > 1 and len(runs) != 1:
         raise RunValidationError([Issue(str(path), f"holds {len(runs)} {KIND} documents among {len(documents)}; "
                                                    f"put one run per file")])
     return validate_resource(runs[0] if runs else documents[0] if documents else None)
+
+
+def _documents(path: Path) -> list[Any]:
+    """The file's YAML documents, or an issue that names the file and says what is wrong with it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunValidationError([Issue(str(path), "no such file")]) from None
+    except IsADirectoryError:
+        raise RunValidationError([Issue(str(path), "is a directory; name the manifest file in it")]) from None
+    except UnicodeDecodeError as error:
+        raise RunValidationError([Issue(str(path), f"is not UTF-8 text (byte {error.start}); save it as UTF-8")]) \
+            from None
+    except OSError as error:
+        raise RunValidationError([Issue(str(path), f"cannot be read: {error.strerror}")]) from None
+    try:
+        return manifest_yaml.load_all(text)
+    except manifest_yaml.DuplicateKey as error:
+        raise RunValidationError([Issue(error.path, f"written twice (lines {error.first_line} and "
+                                                    f"{error.second_line} of {path}); keep one")]) from None
+    except yaml.YAMLError as error:
+        raise RunValidationError([Issue(str(path), f"is not valid YAML: {error}")]) from None
