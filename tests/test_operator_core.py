@@ -236,6 +236,25 @@ def test_a_stage_disabled_while_it_runs_is_stopped_and_recorded_stopped_never_su
     assert "StageStopped" in [event.reason for event in stopped.events]
 
 
+def test_a_stage_that_cannot_get_going_says_why_with_a_warning():
+    spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}, "queueName": "team-a"})
+    plan = plan_run(spec)
+    job = pending_job("sft")
+    refused = decide(RUN, 1, spec, plan, {}, Observed({"sft": job}, {"sft": []}, NOW, create_failures={
+        "sft": 'pods "demo-sft-x" is forbidden: exceeded quota: no-pods'}), 600)
+    assert (progressing(refused)["status"], progressing(refused)["reason"]) == ("False", "FailedCreate")
+    assert "exceeded quota" in progressing(refused)["message"]
+    assert [event.reason for event in refused.events if event.type == "Warning"] == ["FailedCreate"]
+    queued = {**job, "metadata": {**job["metadata"], "creationTimestamp": "2026-11-23T11:00:00Z"},
+              "spec": {"suspend": True}}
+    waiting = progressing(decide(RUN, 1, spec, plan, {}, Observed({"sft": queued}, {}, NOW), 600))
+    assert waiting["reason"] == "NotAdmitted" and "is Kueue installed, with a LocalQueue team-a" in waiting["message"]
+    creating = {"metadata": {"name": "demo-sft-x"}, "status": {"phase": "Pending", "startTime": "2026-11-23T11:30:00Z",
+                "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}]}}
+    stuck = progressing(decide(RUN, 1, spec, plan, {}, Observed({"sft": job}, {"sft": [creating]}, NOW), 600))
+    assert stuck["reason"] == "ContainerCreating" and "after 30 min" in stuck["message"]
+
+
 RUNNING_SFT = {"stages": {"sft": {"phase": "Running", "job": "demo-sft", "attempts": 1}}}
 
 

@@ -164,6 +164,8 @@ def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], i
         job_spec["template"]["spec"]["subdomain"] = name
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 

@@ -42,6 +42,9 @@ WEBHOOK_ID = "validate"
 LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 # Back-off of a run whose pass failed (API refusal, network): doubling up to the cap.
 RETRY_SECONDS, RETRY_CAP_SECONDS = 1.0, 300.0
+# A Job with no pod this long is asked about (its FailedCreate events): the controller creates a
+# pod within a second or two, and retries a refused create with back-off.
+CREATE_GRACE_SECONDS = 10.0
 # Statuses of a create the API server refused (bad request, forbidden by RBAC, quota or admission,
 # invalid): the run records them; retrying at once cannot help.
 REFUSED = (400, 403, 422)
@@ -277,7 +280,34 @@ async def observe(operator: Operator, run: Run, stored, now: datetime) -> Observ
         if job and recorded and recorded.phase in ("Pending", "Running") and job_outcome(job):
             pods_by_stage[stage] = await operator.kube.list(
                 "Pod", run.namespace, {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"]})
-    return Observed(jobs, pods_by_stage, now, vanished)
+    create_failures = {}
+    for stage, job in jobs.items():
+        waited = (now - _created(job)).total_seconds()
+        if not pods_by_stage[stage] and waited >= CREATE_GRACE_SECONDS and not job_outcome(job) \
+                and not (job.get("spec") or {}).get("suspend"):
+            failure = await _create_failure(operator.kube, job)
+            if failure:
+                create_failures[stage] = failure
+    return Observed(jobs, pods_by_stage, now, vanished, create_failures)
+
+
+async def _create_failure(kube: Kube, job: dict[str, Any]) -> str | None:
+    """The Job controller's latest word on why it cannot create the Job's pod (quota, Pod Security,
+    a missing service account): only events say so, never the Job's status."""
+    meta = job["metadata"]
+    events = await kube.list("Event", meta["namespace"], {}, {"involvedObject.kind": "Job",
+                                                              "involvedObject.name": meta["name"],
+                                                              "reason": "FailedCreate"})
+    events = [event for event in events if (event.get("involvedObject") or {}).get("uid") == meta["uid"]]
+    if not events:
+        return None
+    latest = max(events, key=lambda event: event.get("lastTimestamp") or event.get("eventTime") or "")
+    return (latest.get("message") or "")[:1000]
+
+
+def _created(obj: dict[str, Any]) -> datetime:
+    stamp = obj["metadata"].get("creationTimestamp")
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else datetime.now(timezone.utc)
 
 
 async def act(operator: Operator, run: Run, admitted: Admitted, decision: Decision) -> None:

@@ -82,10 +82,14 @@ class Kube:
                 return None
             raise
 
-    async def list(self, kind: str, namespace: str | None, selector: dict[str, str | None]) -> list[dict[str, Any]]:
-        """Objects matching ``selector`` (a None value: the label exists); every namespace when None."""
+    async def list(self, kind: str, namespace: str | None, selector: dict[str, str | None],
+                   fields: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Objects matching ``selector`` (a None value: the label exists) and the field selector
+        ``fields``; every namespace when ``namespace`` is None."""
         query = {"labelSelector": ",".join(key if value is None else f"{key}={value}"
                                            for key, value in selector.items())}
+        if fields:
+            query["fieldSelector"] = ",".join(f"{key}={value}" for key, value in fields.items())
         return (await self.request("GET", path_of(kind, namespace), params=query)).get("items", [])
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any] | None:

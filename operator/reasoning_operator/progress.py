@@ -23,6 +23,8 @@ CONDITION_TYPES = ("Ready", "Progressing", "Succeeded", "Failed", "Suspended")
 # Waiting reasons that do not fix themselves: reported at once, not after stuck_after.
 IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                 "CreateContainerError"}
+# A stage that cannot get going: each is a Warning event and Progressing=False.
+STUCK_REASONS = {"Unschedulable", "FailedCreate", "NotAdmitted", "ContainerCreating"}
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 # The Job controller sets FailureTarget first, then Failed once every pod has stopped.
 FAILED_CONDITIONS = ("FailureTarget", "Failed")
@@ -35,6 +37,8 @@ class Observed:
     now: datetime
     # stage -> the last state seen of its Job, confirmed deleted ({} when never seen)
     vanished: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # stage -> why the Job controller cannot create its pod (its latest FailedCreate event)
+    create_failures: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, obs
         if outcome == "Failed":
             _record_failure(current, job, pods)
             return False, current.reason or "StageFailed", f"stage {stage} failed: {current.message}"
-        return _running(stage, spec, current, job, pods, observed.now, stuck_after)
+        return _running(stage, spec, current, job, pods, observed.now, stuck_after,
+                        observed.create_failures.get(stage))
     status.stage = None
     return False, "Succeeded", "every stage succeeded"
 
@@ -211,7 +216,7 @@ def _suspend(stage: str, current: StageStatus, job: dict | None, decision: Decis
 
 
 def _running(stage: str, spec: RunSpec, current: StageStatus, job: dict, pods: list[dict], now: datetime,
-             stuck_after: float) -> tuple[bool, str, str]:
+             stuck_after: float, create_failure: str | None) -> tuple[bool, str, str]:
     job_status = job.get("status") or {}
     current.job = job["metadata"]["name"]
     current.attempts = int(job_status.get("failed", 0)) + 1
@@ -221,7 +226,16 @@ def _running(stage: str, spec: RunSpec, current: StageStatus, job: dict, pods: l
         current.phase = "Pending"
         current.message = f"waiting for Kueue to admit the Job (queue {spec.queue_name})" if spec.queue_name \
             else "the Job is suspended"
+        waited = _seconds_since(job["metadata"].get("creationTimestamp"), now)
+        if spec.queue_name and waited is not None and waited >= stuck_after:
+            current.message = (f"not admitted by Kueue for {int(waited // 60)} min: is Kueue installed, with a "
+                               f"LocalQueue {spec.queue_name} in this namespace? (kubectl get localqueues)")
+            return False, "NotAdmitted", f"stage {stage}: {current.message}"
         return True, "Queued", f"stage {stage}: {current.message}"
+    if not pods and create_failure:
+        current.phase = "Pending"
+        current.message = f"the Job controller cannot create the stage's pod: {create_failure}"
+        return False, "FailedCreate", f"stage {stage}: {current.message}"
     stuck = _stuck(pods, now, stuck_after)
     if stuck is not None:
         reason, message = stuck
@@ -245,6 +259,11 @@ def _stuck(pods: list[dict], now: datetime, stuck_after: float) -> tuple[str, st
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in IMAGE_ERRORS:
                 return waiting["reason"], f"pod {name}: {waiting['reason']}: {waiting.get('message', '')}".strip()
+            waited = _seconds_since(status.get("startTime"), now)
+            if waiting.get("reason") == "ContainerCreating" and waited is not None and waited >= stuck_after:
+                return "ContainerCreating", (f"pod {name} still creating its container after {int(waited // 60)} "
+                                             f"min (a volume that will not mount, a slow image pull): "
+                                             f"kubectl describe pod {name}")
         for condition in status.get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
                     and condition.get("reason") == "Unschedulable":
@@ -456,7 +475,7 @@ def transition_events(before: RunStatus, after: RunStatus, generation: int) -> l
             continue
         if condition.type == "Ready" and condition.status == "False":
             events.append(Event("Warning", condition.reason, condition.message))
-        if condition.type == "Progressing" and condition.reason in IMAGE_ERRORS | {"Unschedulable"}:
+        if condition.type == "Progressing" and condition.reason in IMAGE_ERRORS | STUCK_REASONS:
             events.append(Event("Warning", condition.reason, condition.message))
     if before.phase != after.phase:
         if after.phase == "Succeeded":
@@ -494,6 +513,11 @@ def _stage_events(name: str, old: StageStatus, new: StageStatus) -> list[Event]:
 
 def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds_since(stamp: str | None, now: datetime) -> float | None:
+    since = _parse(stamp)
+    return None if since is None else (now - since).total_seconds()
 
 
 def _parse(stamp: str | None) -> datetime | None:

@@ -379,6 +379,27 @@ def test_a_child_the_api_server_refuses_is_reported_once_and_created_once_allowe
     assert condition(cluster, namespace, "quota", "Ready")["status"] == "True"
 
 
+def test_a_pod_the_job_controller_cannot_create_is_reported_with_its_reason(cluster, namespace, start_operator):
+    cluster.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
+                   "spec": {"hard": {"pods": "0"}}}, namespace=namespace)
+    wait_for(lambda: cluster.core.read_namespaced_resource_quota("no-pods", namespace).status.hard, 30,
+             "the quota controller to count the namespace")
+    start_operator()
+    cluster.apply(tiny_run("podless", podAnnotations=kwok("1s")), namespace=namespace)
+    stuck = wait_for(lambda: (condition(cluster, namespace, "podless", "Progressing").get("reason") == "FailedCreate"
+                              and condition(cluster, namespace, "podless", "Progressing")), 90,
+                     "the operator to report the pod it cannot get")
+    assert stuck["status"] == "False" and "exceeded quota: no-pods" in stuck["message"]
+    assert "FailedCreate" in [event.reason for event in cluster.events(namespace, "podless")]
+
+
+def test_a_stage_past_its_deadline_fails_with_deadline_exceeded(cluster, namespace, start_operator):
+    start_operator()
+    cluster.apply(tiny_run("slow", activeDeadlineSeconds=2, podAnnotations=kwok("60s")), namespace=namespace)
+    assert wait_for(lambda: finished(cluster, namespace, "slow"), 60, "the run to fail") == "Failed"
+    assert status(cluster, namespace, "slow")["stages"]["select"]["reason"] == "DeadlineExceeded"
+
+
 def test_a_termination_message_with_nan_and_strings_is_recorded_without_them(cluster, namespace, start_operator):
     """The API server's JSON decoder refuses NaN: one such value used to freeze the run's status."""
     start_operator()

@@ -106,6 +106,9 @@ class ClusterFields(SpecModel):
     queue_name: ObjectName | None = Field(None, description="Kueue LocalQueue; Jobs start suspended for Kueue to "
                                                             "admit.")
     backoff_limit: int = Field(2, ge=0, le=100, description="Retries of a failed stage, each from its last checkpoint.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Longest a stage may take, in seconds, its retries included; past it the stage "
+                                "fails with reason DeadlineExceeded.")
     suspend: bool = Field(False, description="Suspend the current stage; set false to resume.")
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete finished Jobs after this long (status and results are kept)."
