@@ -255,6 +255,35 @@ def test_a_stage_that_cannot_get_going_says_why_with_a_warning():
     assert stuck["reason"] == "ContainerCreating" and "after 30 min" in stuck["message"]
 
 
+def test_a_multi_node_stage_restarts_as_a_whole_group_up_to_the_backoff_limit():
+    spec = validate_spec({"preset": "2gpu", "gpu": {"memory": "80Gi"}, "backoffLimit": 1,
+                          "storage": {"size": "1Ti", "accessModes": ["ReadWriteMany"]},
+                          "stages": {"sft": {"nodes": 2, "gpus": 16}}})
+    plan = plan_run(spec)
+    job = children({"preset": "2gpu", "gpu": {"memory": "80Gi"}, "backoffLimit": 1,
+                    "storage": {"size": "1Ti", "accessModes": ["ReadWriteMany"]},
+                    "stages": {"sft": {"nodes": 2, "gpus": 16}}}, "sft")["Job"]
+    assert job["spec"]["backoffLimit"] == 0, "one failed rank fails the group"
+    assert job["spec"]["template"]["spec"]["initContainers"][0]["name"] == "wait-for-master"
+    failed = {**job, "metadata": {**job["metadata"], "uid": "g1"}, "status": {"failed": 1, "conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    running = {"phase": "Running", "stages": {"sft": {"phase": "Running", "job": "demo-sft"}}}
+    restarting = decide(RUN, 1, spec, plan, running, Observed({"sft": failed}, {}, NOW), 600)
+    stage = restarting.status.stages["sft"]
+    assert (restarting.remove, stage.phase, stage.restarts, stage.job) == ("sft", "Pending", 1, None)
+    assert "StageRestarted" in [event.reason for event in restarting.events]
+    stored = restarting.status_patch()
+    waiting = decide(RUN, 1, spec, plan, stored, Observed({"sft": failed}, {}, NOW), 600)
+    assert (waiting.create, waiting.remove, waiting.status.stages["sft"].restarts) == (None, None, 1)
+    recreated = decide(RUN, 1, spec, plan, stored, Observed({}, {}, NOW), 600)
+    assert recreated.create == "sft"
+    again = {**failed, "metadata": {**failed["metadata"], "uid": "g2"}}
+    exhausted = decide(RUN, 1, spec, plan, {**stored, "stages": {"sft": {**stored["stages"]["sft"], "job": "demo-sft",
+                                                                          "phase": "Running"}}},
+                       Observed({"sft": again}, {}, NOW), 600)
+    assert exhausted.status.stages["sft"].phase == "Failed" and exhausted.status.stages["sft"].restarts == 1
+
+
 RUNNING_SFT = {"stages": {"sft": {"phase": "Running", "job": "demo-sft", "attempts": 1}}}
 
 
@@ -331,6 +360,14 @@ def test_the_cache_keeps_the_newest_version_and_remembers_deleted_jobs():
     cache.store_child("Job", ("team", "demo"), job("9", "done"), deleted=True)
     assert cache.children("Job", ("team", "demo")) == []
     assert cache.deleted_jobs[("team", "demo")]["demo-sft"]["status"]["phase"] == "done"
+
+
+def test_status_fields_an_older_crd_prunes_are_named():
+    from reasoning_operator.handlers import _dropped_fields
+
+    patch = {"phase": "Running", "stages": {"sft": {"restarts": 1, "phase": "Pending"}}, "retried": None}
+    written = {"phase": "Running", "stages": {"sft": {"phase": "Pending"}}}
+    assert _dropped_fields(patch, written) == ["status.stages.sft.restarts"]
 
 
 def test_merge_patch_nulls_keys_that_went_away_and_skips_unchanged_ones():

@@ -160,13 +160,39 @@ def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], i
         },
     }
     if nodes > 1:
-        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+        # One failed rank fails the whole group at once: the Job controller stops the other ranks,
+        # which would otherwise wait in the rendezvous for a peer that a lone retry cannot rejoin.
+        # The operator then restarts the group, up to spec.backoffLimit times (progress.py).
+        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0)
         job_spec["template"]["spec"]["subdomain"] = name
+        job_spec["template"]["spec"]["initContainers"] = [_wait_for_master(run, stage, image)]
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+# Every rank waits until the master's DNS name (a record of the headless Service) resolves, so that
+# torchrun's static rendezvous does not fail on a name that is not there yet.
+WAIT_FOR_MASTER = """import os, socket, sys, time
+host, deadline = os.environ["MASTER_ADDR"], time.time() + 600
+while True:
+    try:
+        socket.getaddrinfo(host, None)
+        break
+    except OSError:
+        if time.time() > deadline:
+            sys.exit(host + " did not resolve within 10 minutes: is the headless Service there?")
+        time.sleep(2)
+"""
+
+
+def _wait_for_master(run: Run, stage: str, image: str) -> dict[str, Any]:
+    name = job_name(run.name, stage)
+    return {"name": "wait-for-master", "image": image, "command": ["python", "-c", WAIT_FOR_MASTER],
+            "env": [{"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{run.namespace}.svc"}],
+            "securityContext": dict(RESTRICTED_CONTAINER)}
 
 
 def _plan_annotations(stage_plan: dict[str, Any]) -> dict[str, str]:

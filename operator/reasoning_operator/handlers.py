@@ -229,6 +229,10 @@ async def _reconcile(operator: Operator, key: RunKey) -> None:
             operator.queue.add(key)
             return
         operator.cache.store_run(written)
+        dropped = _dropped_fields(patch, written.get("status") or {})
+        if dropped:
+            log.error("%s/%s: the API server dropped status fields %s: the installed CRD is older than this "
+                      "operator; apply manifests/crd.yaml (or helm upgrade)", *key, ", ".join(dropped))
     for event in decision.events:
         await kube.post_event(body, event.type, event.reason, event.message)
     operator.metrics.observe(run.namespace, run.name, load_status(stored), decision.status)
@@ -343,6 +347,19 @@ async def _drop_legacy_finalizer(kube: Kube, body: dict[str, Any]) -> None:
             await kube.patch("ReasoningTraining", body["metadata"]["namespace"], body["metadata"]["name"],
                              [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": LEGACY_FINALIZER},
                               {"op": "remove", "path": f"/metadata/finalizers/{index}"}])
+
+
+def _dropped_fields(patch: dict[str, Any], written: dict[str, Any], prefix: str = "status") -> list[str]:
+    """Fields the patch set that the stored object lacks: pruned by a CRD that does not know them."""
+    dropped = []
+    for key, value in patch.items():
+        if value is None:
+            continue
+        if key not in written:
+            dropped.append(f"{prefix}.{key}")
+        elif isinstance(value, dict) and isinstance(written[key], dict):
+            dropped += _dropped_fields(value, written[key], f"{prefix}.{key}")
+    return dropped
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

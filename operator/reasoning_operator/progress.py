@@ -195,10 +195,16 @@ def _advance(run: str, spec: RunSpec, enabled: list[str], status: RunStatus, obs
             return True, "StageTerminating", f"stage {stage}: {current.message}"
         outcome = job_outcome(job)
         pods = observed.pods.get(stage, [])
+        if outcome == "Failed" and current.job is None and current.restarts:  # the restarted group's old Job
+            current.message = "waiting for the failed group's Job to go"
+            return True, "GroupRestarting", f"stage {stage}: {current.message}"
         if outcome == "Complete":
             _record_success(current, job, pods)
             continue
         if outcome == "Failed":
+            restart = _restart_group(stage, spec, current, job, pods, decision)
+            if restart is not None:
+                return restart
             _record_failure(current, job, pods)
             return False, current.reason or "StageFailed", f"stage {stage} failed: {current.message}"
         return _running(stage, spec, current, job, pods, observed.now, stuck_after,
@@ -213,6 +219,24 @@ def _suspend(stage: str, current: StageStatus, job: dict | None, decision: Decis
     current.phase = "Suspended"
     current.message = "suspended; set spec.suspend: false to resume from the last checkpoint"
     return False, "Suspended", f"stage {stage} {current.message}"
+
+
+def _restart_group(stage: str, spec: RunSpec, current: StageStatus, job: dict, pods: list[dict],
+                   decision: Decision) -> tuple[bool, str, str] | None:
+    """A multi-node stage whose Job failed (a rank failed: its backoffLimit is 0) starts again as a
+    whole from the last checkpoint, up to spec.backoffLimit times. Not after a deadline or an
+    unusable plan: those would fail again."""
+    if (job.get("spec") or {}).get("completions", 1) <= 1 or current.restarts >= spec.backoff_limit \
+            or _job_condition_reason(job) != "BackoffLimitExceeded":
+        return None
+    result, _ = trainer_result(_termination_result(_result_pod(pods, "Failed")))
+    reason = result.get("reason") or "a rank failed"
+    decision.remove = stage
+    current.restarts += 1
+    current.phase, current.job = "Pending", None
+    current.message = (f"{reason}; restarting all {job['spec']['completions']} ranks from the last checkpoint "
+                       f"(restart {current.restarts} of {spec.backoff_limit})")
+    return True, "GroupRestarting", f"stage {stage}: {current.message}"
 
 
 def _running(stage: str, spec: RunSpec, current: StageStatus, job: dict, pods: list[dict], now: datetime,
@@ -489,6 +513,8 @@ def transition_events(before: RunStatus, after: RunStatus, generation: int) -> l
 
 
 def _stage_events(name: str, old: StageStatus, new: StageStatus) -> list[Event]:
+    if new.restarts > old.restarts:
+        return [Event("Warning", "StageRestarted", f"stage {name}: {new.message}")]
     if new.retries > old.retries:
         return [Event("Normal", "StageRetried", f"stage {name}: retry {new.retries} requested; Job {new.job} "
                                                 f"resumes from the stage's last checkpoint in the run's folder")]

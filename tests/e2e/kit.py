@@ -48,6 +48,7 @@ class Cluster:
         self.kubeconfig = kubeconfig
         self.kit_state = kit_state  # set when the suite runs on its own kit (apiserver faults need it)
         self.owned = owned  # this process started the kit, and stops it
+        self._crd_applied = False
         self.api = config.new_client_from_config(config_file=kubeconfig)
         self.core = client.CoreV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
@@ -99,14 +100,18 @@ class Cluster:
     CRD = f"{PLURAL}.{GROUP}"
 
     def ensure_crd(self) -> None:
-        """manifests/crd.yaml applied as the README's kubectl walkthrough does, unless it is there."""
-        try:
-            client.ApiextensionsV1Api(self.api).read_custom_resource_definition(self.CRD)
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
-            self.apply(yaml.safe_load((ROOT / "manifests/crd.yaml").read_text()))
-            self.kubectl("wait", "--for=condition=Established", f"crd/{self.CRD}", "--timeout=60s")
+        """manifests/crd.yaml applied as the README's kubectl walkthrough does: once per session (a
+        kit left running holds an older one), and again whenever it is gone."""
+        if self._crd_applied:
+            try:
+                client.ApiextensionsV1Api(self.api).read_custom_resource_definition(self.CRD)
+                return
+            except client.ApiException as error:
+                if error.status != 404:
+                    raise
+        self.apply(yaml.safe_load((ROOT / "manifests/crd.yaml").read_text()))
+        self.kubectl("wait", "--for=condition=Established", f"crd/{self.CRD}", "--timeout=60s")
+        self._crd_applied = True
 
     def remove_crd(self) -> None:
         """No CRD (and so no run) left: Helm installs its own, which one applied with kubectl would co-own."""

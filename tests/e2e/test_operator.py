@@ -393,6 +393,24 @@ def test_a_pod_the_job_controller_cannot_create_is_reported_with_its_reason(clus
     assert "FailedCreate" in [event.reason for event in cluster.events(namespace, "podless")]
 
 
+def test_a_failed_rank_restarts_the_whole_multi_node_group_up_to_the_backoff_limit(cluster, namespace,
+                                                                                     start_operator):
+    watcher = JobWatcher(cluster, namespace)
+    watcher.start()
+    start_operator()
+    failure = {"phase": "Failed", "reason": "NCCL timeout on rank 1"}
+    cluster.apply({**tiny_run("wide"), "spec": {
+        "preset": "2gpu", "gpu": {"type": "A10G"}, "backoffLimit": 1,
+        "storage": {"size": "10Gi", "accessModes": ["ReadWriteMany"]}, "stages": {"sft": {"nodes": 2, "gpus": 16}},
+        "podAnnotations": kwok("1s", "fail", failure)}}, namespace=namespace)
+    assert wait_for(lambda: finished(cluster, namespace, "wide"), 120, "the run to fail") == "Failed"
+    watcher.stop()
+    stage = status(cluster, namespace, "wide")["stages"]["sft"]
+    assert stage["restarts"] == 1 and "NCCL timeout on rank 1" in stage["message"]
+    assert len(watcher.uids["wide-sft"]) == 2, "the group ran twice: once, then one restart"
+    assert "StageRestarted" in [event.reason for event in cluster.events(namespace, "wide")]
+
+
 def test_a_stage_past_its_deadline_fails_with_deadline_exceeded(cluster, namespace, start_operator):
     start_operator()
     cluster.apply(tiny_run("slow", activeDeadlineSeconds=2, podAnnotations=kwok("60s")), namespace=namespace)

@@ -73,6 +73,7 @@ class StageStatus(SpecModel):
     attempts: int = 0
     retries: int = Field(0, description="Explicit retries of this stage (rto retry, or the reasoning.dev/retry "
                                         "annotation).")
+    restarts: int = Field(0, description="Restarts of a multi-node stage as a whole group after a rank failed.")
     start_time: str | None = None
     completion_time: str | None = None
     duration_seconds: float | None = None
