@@ -108,7 +108,7 @@ OPERATOR_CALLS = [
     ("batch", "jobs", "watch"), ("", "pods", "watch"), ("batch", "jobs", "get"),
     ("batch", "jobs", "create"), ("batch", "jobs", "delete"), ("", "configmaps", "create"),
     ("", "services", "create"), ("", "persistentvolumeclaims", "create"), ("", "events", "create"),
-    ("", "events", "list"),
+    ("", "events", "list"), ("scheduling.volcano.sh", "podgroups", "create"),
     ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
 ]

@@ -255,6 +255,17 @@ def test_a_stage_that_cannot_get_going_says_why_with_a_warning():
     assert stuck["reason"] == "ContainerCreating" and "after 30 min" in stuck["message"]
 
 
+def test_a_volcano_multi_node_stage_is_a_pod_group_its_pods_name():
+    made = children({"preset": "2gpu", "gpu": {"memory": "80Gi"}, "schedulerName": "volcano",
+                     "storage": {"size": "1Ti", "accessModes": ["ReadWriteMany"]},
+                     "stages": {"sft": {"nodes": 2, "gpus": 16}}}, "sft")
+    assert made["PodGroup"]["spec"] == {"minMember": 2, "minResources": {"nvidia.com/gpu": "16"}}
+    template = made["Job"]["spec"]["template"]
+    assert template["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == made["PodGroup"]["metadata"]["name"]
+    assert "PodGroup" not in children({"preset": "fast", "storage": {"size": "1Gi"}, "schedulerName": "volcano"},
+                                      "sft")
+
+
 def test_a_multi_node_stage_restarts_as_a_whole_group_up_to_the_backoff_limit():
     spec = validate_spec({"preset": "2gpu", "gpu": {"memory": "80Gi"}, "backoffLimit": 1,
                           "storage": {"size": "1Ti", "accessModes": ["ReadWriteMany"]},

@@ -22,6 +22,8 @@ STAGE_LABEL = f"{GROUP}/stage"
 TRAINER_LABELS = {"app.kubernetes.io/name": "reasoning-trainer", "app.kubernetes.io/part-of": "reasoning-operator",
                   "app.kubernetes.io/managed-by": "reasoning-operator"}
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Volcano schedules the pods that name a PodGroup all together or not at all.
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 CONTAINER = "trainer"
 PLAN_DIR = "/etc/rto"
 PLAN_FILE = f"{PLAN_DIR}/plan.json"
@@ -123,14 +125,33 @@ def headless_service(run: Run, stage: str) -> dict[str, Any]:
 
 
 def stage_children(run: Run, spec: RunSpec, plan: RunPlan, stage: str, image: str, config) -> list[dict[str, Any]]:
-    """Everything one stage needs, in creation order: plan ConfigMap, Service (multi-node), Job."""
+    """Everything one stage needs, in creation order: plan ConfigMap, Service and (with Volcano)
+    PodGroup of a multi-node stage, Job."""
     stage_plan = plan.stages[stage].to_dict()
     config_map = plan_config_map(run, spec, plan, stage)
     children = [config_map]
     if stage_plan["nodes"] > 1:
         children.append(headless_service(run, stage))
+        if _gang_scheduled(spec, stage_plan):
+            children.append(pod_group(run, spec, stage, stage_plan))
     children.append(stage_job(run, spec, stage, stage_plan, image, config, config_map["metadata"]["name"]))
     return children
+
+
+def _gang_scheduled(spec: RunSpec, stage_plan: dict[str, Any]) -> bool:
+    return spec.scheduler_name == "volcano" and stage_plan["nodes"] > 1
+
+
+def pod_group(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any]) -> dict[str, Any]:
+    """Volcano's gang: no rank of a multi-node stage starts until every rank can (minMember), so a
+    half-placed group never holds GPUs while it waits for the rest."""
+    group: dict[str, Any] = {"minMember": stage_plan["nodes"]}
+    if stage_plan["gpus"]:
+        group["minResources"] = {spec.gpu.resource_name: str(stage_plan["gpus"])}
+    if spec.priority_class_name:
+        group["priorityClassName"] = spec.priority_class_name
+    return {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
+            "metadata": run.metadata(job_name(run.name, stage), stage), "spec": group}
 
 
 def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], image: str, config,
@@ -166,6 +187,8 @@ def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], i
         job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0)
         job_spec["template"]["spec"]["subdomain"] = name
         job_spec["template"]["spec"]["initContainers"] = [_wait_for_master(run, stage, image)]
+        if _gang_scheduled(spec, stage_plan):
+            job_spec["template"]["metadata"]["annotations"][VOLCANO_GROUP_ANNOTATION] = name
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     if spec.active_deadline_seconds is not None:

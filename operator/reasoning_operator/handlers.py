@@ -46,8 +46,9 @@ RETRY_SECONDS, RETRY_CAP_SECONDS = 1.0, 300.0
 # pod within a second or two, and retries a refused create with back-off.
 CREATE_GRACE_SECONDS = 10.0
 # Statuses of a create the API server refused (bad request, forbidden by RBAC, quota or admission,
-# invalid): the run records them; retrying at once cannot help.
-REFUSED = (400, 403, 422)
+# a kind it does not serve, such as Volcano's PodGroup without Volcano, invalid): the run records
+# them; retrying at once cannot help.
+REFUSED = (400, 403, 404, 422)
 
 
 class ChildRefused(Exception):
@@ -335,6 +336,8 @@ async def _create(kube: Kube, child: dict[str, Any]) -> dict[str, Any] | None:
         return await kube.create(child)
     except ApiError as error:
         if error.status in REFUSED:
+            if error.status == 404 and "namespaces" not in error.message:
+                error.message += f" (this cluster does not serve {child['apiVersion']} {child['kind']})"
             raise ChildRefused(child["kind"], child["metadata"]["name"], error) from None
         raise
 

@@ -37,8 +37,10 @@ RESOURCES = {
     "ReasoningTraining": ("/apis/reasoning.dev/v1alpha1", "reasoningtrainings"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "Event": ("/api/v1", "events"),
+    "PodGroup": ("/apis/scheduling.volcano.sh/v1beta1", "podgroups"),
 }
 EVENT_SOURCE = "reasoning-operator"
+STATUS_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "AlreadyExists", 422: "Invalid"}
 
 
 class ApiError(Exception):
@@ -46,8 +48,9 @@ class ApiError(Exception):
         message = body.get("message") if isinstance(body, dict) else str(body)[:300]
         super().__init__(f"{method} {path}: HTTP {status}: {message}")
         self.status = status
-        self.reason = body.get("reason", "") if isinstance(body, dict) else ""
-        self.message = message
+        # A path nothing serves answers in plain text: name the reason by the status then.
+        self.reason = (body.get("reason", "") if isinstance(body, dict) else "") or STATUS_REASONS.get(status, "")
+        self.message = message.strip()
 
 
 def path_of(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:

@@ -179,6 +179,17 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.2):
         time.sleep(interval)
 
 
+def open_crd(group: str, kind: str, version: str = "v1") -> dict:
+    """A CustomResourceDefinition of another project's kind with an open schema: enough to create its objects."""
+    plural = kind.lower() + "s"
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                     "versions": [{"name": version, "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

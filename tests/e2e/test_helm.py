@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kit import ROOT, Cluster, OperatorProcess, Unavailable, free_port, token_kubeconfig, wait_for
+from kit import ROOT, Cluster, OperatorProcess, Unavailable, free_port, open_crd, token_kubeconfig, wait_for
 from kubernetes import client
 
 helm = pytest.importorskip("helm_python")
@@ -218,19 +218,9 @@ def test_watch_namespaces_must_exist_and_get_roles_only_there(cluster, helm_cli)
             cluster.kubectl("delete", "namespace", team, "--wait=false", check=False)
 
 
-def _open_crd(group: str, kind: str, version: str = "v1") -> dict:
-    plural = kind.lower() + "s"
-    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.{group}"},
-            "spec": {"group": group, "scope": "Namespaced",
-                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                     "versions": [{"name": version, "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
-
-
-FOREIGN_CRDS = [_open_crd("monitoring.coreos.com", kind) for kind in ("ServiceMonitor", "PodMonitor",
+FOREIGN_CRDS = [open_crd("monitoring.coreos.com", kind) for kind in ("ServiceMonitor", "PodMonitor",
                                                                          "PrometheusRule")] + \
-               [_open_crd("cert-manager.io", kind) for kind in ("Issuer", "Certificate")]
+               [open_crd("cert-manager.io", kind) for kind in ("Issuer", "Certificate")]
 MONITORING = ("helm upgrade reasoning-operator charts/reasoning-operator -n reasoning-operator --reuse-values "
               "--set serviceMonitor.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true "
               "--set serviceMonitor.labels.release=kube-prometheus-stack,podMonitor.labels.release=kube-prometheus-stack "

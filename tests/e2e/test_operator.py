@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kit import ROOT, RUN_LABEL, Cluster, JobWatcher, OperatorProcess, Unavailable, operator_kubeconfig, wait_for
+from kit import (ROOT, RUN_LABEL, Cluster, JobWatcher, OperatorProcess, Unavailable, open_crd, operator_kubeconfig,
+                 wait_for)
 
 pytestmark = pytest.mark.e2e
 
@@ -409,6 +410,30 @@ def test_a_failed_rank_restarts_the_whole_multi_node_group_up_to_the_backoff_lim
     assert stage["restarts"] == 1 and "NCCL timeout on rank 1" in stage["message"]
     assert len(watcher.uids["wide-sft"]) == 2, "the group ran twice: once, then one restart"
     assert "StageRestarted" in [event.reason for event in cluster.events(namespace, "wide")]
+
+
+def test_a_volcano_scheduled_multi_node_stage_is_a_gang_or_says_volcano_is_missing(cluster, namespace,
+                                                                                      start_operator):
+    start_operator()
+    gang = {"preset": "2gpu", "gpu": {"type": "A10G"}, "schedulerName": "volcano",
+            "storage": {"size": "10Gi", "accessModes": ["ReadWriteMany"]}, "stages": {"sft": {"nodes": 2, "gpus": 16}}}
+    cluster.apply({**tiny_run("early"), "spec": gang}, namespace=namespace)
+    ready = wait_for(lambda: condition(cluster, namespace, "early", "Ready").get("reason") == "PodGroupNotFound"
+                     and condition(cluster, namespace, "early", "Ready"), 60, "the missing PodGroup kind reported")
+    assert ready["status"] == "False" and "early-sft" in ready["message"]
+    crd = open_crd("scheduling.volcano.sh", "PodGroup", "v1beta1")
+    try:
+        cluster.apply(crd)
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+        cluster.apply({**tiny_run("gang"), "spec": gang}, namespace=namespace)
+        group = wait_for(lambda: cluster.custom.get_namespaced_custom_object(
+            "scheduling.volcano.sh", "v1beta1", namespace, "podgroups", "gang-sft"), 60, "the PodGroup")
+        assert group["spec"]["minMember"] == 2 and group["spec"]["minResources"] == {"nvidia.com/gpu": "16"}
+        job = wait_for(lambda: cluster.jobs(namespace).get("gang-sft"), 30, "the stage's Job")
+        assert job.spec.template.metadata.annotations["scheduling.k8s.io/group-name"] == "gang-sft"
+        assert job.spec.template.spec.scheduler_name == "volcano"
+    finally:
+        cluster.kubectl("delete", "crd", crd["metadata"]["name"], "--ignore-not-found", "--wait=false")
 
 
 def test_a_stage_past_its_deadline_fails_with_deadline_exceeded(cluster, namespace, start_operator):

@@ -65,6 +65,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# A multi-node stage scheduled by Volcano gets a PodGroup (gang scheduling).
+- apiGroups: [scheduling.volcano.sh]
+  resources: [podgroups]
+  verbs: [create]
 # Why the Job controller cannot create a stage's pod is only in its FailedCreate events.
 - apiGroups: [""]
   resources: [events]
