@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import client, config, watch
 
@@ -74,6 +75,14 @@ class Cluster:
         subprocess.run([str(KIT / "nodes.sh"), "2", "8"], env=env, check=True, capture_output=True, timeout=120)
         return cls(kubeconfig, state, owned=True)
 
+    @classmethod
+    def start_or_skip(cls) -> Cluster:
+        """The cluster for a test session; the tests skip with the reason when there is none."""
+        try:
+            return cls.start()
+        except Unavailable as reason:
+            pytest.skip(str(reason))
+
     def stop(self) -> None:
         if self.owned:
             subprocess.run([str(KIT / "stop.sh")], env={**os.environ, **KIT_ENV}, capture_output=True, timeout=60)
@@ -116,6 +125,13 @@ class Cluster:
     def remove_crd(self) -> None:
         """No CRD (and so no run) left: Helm installs its own, which one applied with kubectl would co-own."""
         self.kubectl("delete", "crd", self.CRD, "--ignore-not-found", "--wait=true", "--timeout=90s")
+
+    def limit(self, namespace: str, name: str, hard: dict[str, str]) -> None:
+        """A ResourceQuota, once the quota controller has counted the namespace (it refuses nothing before)."""
+        self.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name}, "spec": {"hard": hard}},
+                   namespace=namespace)
+        wait_for(lambda: self.core.read_namespaced_resource_quota(name, namespace).status.hard, 30,
+                 "the quota controller to count the namespace")
 
     # ---- reads
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kit import ROOT, Cluster, OperatorProcess, Unavailable, free_port, open_crd, token_kubeconfig, wait_for
+from kit import ROOT, Cluster, OperatorProcess, free_port, open_crd, token_kubeconfig, wait_for
 from kubernetes import client
 
 helm = pytest.importorskip("helm_python")
@@ -95,10 +95,7 @@ def _readme_command_lines() -> set[str]:
 
 @pytest.fixture(scope="session")
 def cluster():
-    try:
-        started = Cluster.start()
-    except Unavailable as reason:
-        pytest.skip(str(reason))
+    started = Cluster.start_or_skip()
     started.remove_crd()  # each test's release installs it, as a first install does
     yield started
     started.stop()

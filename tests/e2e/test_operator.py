@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kit import (ROOT, RUN_LABEL, Cluster, JobWatcher, OperatorProcess, Unavailable, open_crd, operator_kubeconfig,
-                 wait_for)
+from kit import ROOT, RUN_LABEL, Cluster, JobWatcher, OperatorProcess, open_crd, operator_kubeconfig, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +30,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="session")
 def cluster():
-    try:
-        started = Cluster.start()
-    except Unavailable as reason:
-        pytest.skip(str(reason))
+    started = Cluster.start_or_skip()
     yield started
     started.stop()
 
@@ -255,15 +251,22 @@ def test_an_evicted_stage_pod_is_replaced_and_the_stage_succeeds(cluster, namesp
         "an eviction must not use up the stage's retries"
 
 
-def test_a_stage_failing_past_its_backoff_limit_fails_the_run_with_the_trainers_reason(cluster, namespace,
-                                                                                     start_operator):
+def failed_run(cluster, namespace: str, start_operator, name: str, backoff_limit: int) -> JobWatcher:
+    """A run whose first stage's pods fail with the trainer's out-of-memory message, once it has
+    failed; the watcher of its Jobs is still watching."""
     watcher = JobWatcher(cluster, namespace)
     watcher.start()
     start_operator()
     failure = {"phase": "Failed", "reason": "CUDA out of memory at step 12"}
-    cluster.apply(tiny_run("crashing", backoffLimit=1, podAnnotations=kwok("0s", "fail", failure)),
+    cluster.apply(tiny_run(name, backoffLimit=backoff_limit, podAnnotations=kwok("0s", "fail", failure)),
                   namespace=namespace)
-    assert wait_for(lambda: finished(cluster, namespace, "crashing"), 60, "the run to fail") == "Failed"
+    assert wait_for(lambda: finished(cluster, namespace, name), 60, "the run to fail") == "Failed"
+    return watcher
+
+
+def test_a_stage_failing_past_its_backoff_limit_fails_the_run_with_the_trainers_reason(cluster, namespace,
+                                                                                     start_operator):
+    watcher = failed_run(cluster, namespace, start_operator, "crashing", backoff_limit=1)
     run = status(cluster, namespace, "crashing")
     stage = run["stages"]["select"]
     assert stage["reason"] == "BackoffLimitExceeded" and "CUDA out of memory" in stage["message"]
@@ -283,12 +286,7 @@ def rto(cluster, *args: str) -> subprocess.CompletedProcess:
 
 def test_rto_retry_reruns_a_failed_stage_from_the_edited_spec_in_the_same_folder(cluster, namespace,
                                                                                 start_operator):
-    watcher = JobWatcher(cluster, namespace)
-    watcher.start()
-    start_operator()
-    failure = {"phase": "Failed", "reason": "CUDA out of memory at step 12"}
-    cluster.apply(tiny_run("flaky", backoffLimit=0, podAnnotations=kwok("0s", "fail", failure)), namespace=namespace)
-    assert wait_for(lambda: finished(cluster, namespace, "flaky"), 60, "the run to fail") == "Failed"
+    watcher = failed_run(cluster, namespace, start_operator, "flaky", backoff_limit=0)
     folder = status(cluster, namespace, "flaky")["outputDir"]
     first_plan = cluster.jobs(namespace)["flaky-select"].spec.template.spec.volumes[0].config_map.name
     # The user fixes the cause in the spec (here: the pods now succeed), then asks for the retry.
@@ -361,16 +359,18 @@ def condition(cluster, namespace: str, name: str, kind: str) -> dict:
                 {})
 
 
+def condition_with(cluster, namespace: str, name: str, kind: str, reason: str, timeout: float = 60) -> dict:
+    """The run's ``kind`` condition once it has ``reason``."""
+    return wait_for(lambda: condition(cluster, namespace, name, kind).get("reason") == reason
+                    and condition(cluster, namespace, name, kind), timeout, f"{kind} {reason} on {name}")
+
+
 def test_a_child_the_api_server_refuses_is_reported_once_and_created_once_allowed(cluster, namespace,
                                                                                     start_operator):
-    cluster.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-jobs"},
-                   "spec": {"hard": {"count/jobs.batch": "0"}}}, namespace=namespace)
-    wait_for(lambda: cluster.core.read_namespaced_resource_quota("no-jobs", namespace).status.hard, 30,
-             "the quota controller to count the namespace")
+    cluster.limit(namespace, "no-jobs", {"count/jobs.batch": "0"})
     start_operator()
     cluster.apply(tiny_run("quota", podAnnotations=kwok("1s")), namespace=namespace)
-    ready = wait_for(lambda: (condition(cluster, namespace, "quota", "Ready").get("reason") == "JobForbidden"
-                              and condition(cluster, namespace, "quota", "Ready")), 60, "the refusal in the status")
+    ready = condition_with(cluster, namespace, "quota", "Ready", "JobForbidden")
     assert ready["status"] == "False" and "quota-select" in ready["message"] and "exceeded quota" in ready["message"]
     time.sleep(8)  # the operator tries again after 1, 2 and 4 s
     assert [event.reason for event in cluster.events(namespace, "quota")].count("JobForbidden") == 1
@@ -381,15 +381,10 @@ def test_a_child_the_api_server_refuses_is_reported_once_and_created_once_allowe
 
 
 def test_a_pod_the_job_controller_cannot_create_is_reported_with_its_reason(cluster, namespace, start_operator):
-    cluster.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
-                   "spec": {"hard": {"pods": "0"}}}, namespace=namespace)
-    wait_for(lambda: cluster.core.read_namespaced_resource_quota("no-pods", namespace).status.hard, 30,
-             "the quota controller to count the namespace")
+    cluster.limit(namespace, "no-pods", {"pods": "0"})
     start_operator()
     cluster.apply(tiny_run("podless", podAnnotations=kwok("1s")), namespace=namespace)
-    stuck = wait_for(lambda: (condition(cluster, namespace, "podless", "Progressing").get("reason") == "FailedCreate"
-                              and condition(cluster, namespace, "podless", "Progressing")), 90,
-                     "the operator to report the pod it cannot get")
+    stuck = condition_with(cluster, namespace, "podless", "Progressing", "FailedCreate", timeout=90)
     assert stuck["status"] == "False" and "exceeded quota: no-pods" in stuck["message"]
     assert "FailedCreate" in [event.reason for event in cluster.events(namespace, "podless")]
 
@@ -418,8 +413,7 @@ def test_a_volcano_scheduled_multi_node_stage_is_a_gang_or_says_volcano_is_missi
     gang = {"preset": "2gpu", "gpu": {"type": "A10G"}, "schedulerName": "volcano",
             "storage": {"size": "10Gi", "accessModes": ["ReadWriteMany"]}, "stages": {"sft": {"nodes": 2, "gpus": 16}}}
     cluster.apply({**tiny_run("early"), "spec": gang}, namespace=namespace)
-    ready = wait_for(lambda: condition(cluster, namespace, "early", "Ready").get("reason") == "PodGroupNotFound"
-                     and condition(cluster, namespace, "early", "Ready"), 60, "the missing PodGroup kind reported")
+    ready = condition_with(cluster, namespace, "early", "Ready", "PodGroupNotFound")
     assert ready["status"] == "False" and "early-sft" in ready["message"]
     crd = open_crd("scheduling.volcano.sh", "PodGroup", "v1beta1")
     try:
