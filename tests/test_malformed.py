@@ -5,7 +5,8 @@ traceback and without repeating a pasted secret. The API server's side is in e2e
 import pytest
 import yaml
 
-from malformed import CASES, FILE_ONLY, TOKEN
+from malformed import BASE, CASES, FILE_ONLY, TOKEN
+from pod_template_cases import CASES as POD_CASES
 from reasoning_operator.admission import Rejected, admit
 from reasoning_trainer.cli import main
 
@@ -44,6 +45,17 @@ def test_the_operator_refuses_naming_the_same_field(case):
         admit(case.resource)
     assert any(issue.path == case.path for issue in refused.value.issues), refused.value.issues
     assert TOKEN not in str(refused.value)
+
+
+@pytest.mark.parametrize("case", POD_CASES, ids=lambda case: case.id)
+def test_tolerations_and_affinity_follow_the_pod_spec_rules(case):
+    resource = {**BASE, "spec": {**BASE["spec"], case.field: case.value}}
+    if case.path is None:
+        admit(resource)
+        return
+    with pytest.raises(Rejected) as refused:
+        admit(resource)
+    assert [issue.path for issue in refused.value.issues] == [case.path], refused.value.issues
 
 
 @pytest.mark.parametrize("case_id, path, text", FILE_ONLY, ids=[case[0] for case in FILE_ONLY])

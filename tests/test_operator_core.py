@@ -45,6 +45,15 @@ def test_a_cpu_stage_asks_for_no_gpu_and_an_existing_claim_is_used_as_is():
     assert '"outputDir": "/data/demo-01234567"' in made["ConfigMap"]["data"]["plan.json"]
 
 
+def test_an_admitted_affinity_reaches_the_stage_pods_as_written():
+    from pod_template_cases import CASES
+
+    for case in CASES:
+        if case.path is None and case.field == "affinity" and case.value:
+            job = children({"preset": "fast", "storage": {"size": "1Ti"}, "affinity": case.value}, "sft")["Job"]
+            assert job["spec"]["template"]["spec"]["affinity"] == case.value, case.id
+
+
 def test_stage_pods_can_write_the_volume_and_keep_serving_their_final_metrics():
     config = OperatorConfig(metrics_linger_seconds=60)
     spec = validate_spec({"preset": "fast", "storage": {"size": "1Ti"}})

@@ -280,7 +280,9 @@ def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], g
         tolerations.append({"key": spec.gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
     if tolerations:
         pod["tolerations"] = tolerations
-    for key, value in (("affinity", spec.affinity), ("priorityClassName", spec.priority_class_name),
+    if spec.affinity:
+        pod["affinity"] = spec.affinity.model_dump(by_alias=True, exclude_defaults=True)
+    for key, value in (("priorityClassName", spec.priority_class_name),
                        ("schedulerName", spec.scheduler_name),
                        ("serviceAccountName", config.trainer_service_account or None)):
         if value:

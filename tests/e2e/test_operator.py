@@ -484,6 +484,33 @@ def test_malformed_runs_are_refused_by_the_api_server_or_by_the_operator_naming_
     assert not cluster.jobs(namespace), "nothing of a refused run was created"
 
 
+def test_tolerations_and_affinity_get_the_api_servers_verdict_at_admission(cluster, namespace):
+    """Each case of tests/pod_template_cases.py inside a Job's pod template on the real API server:
+    what it refuses, admission refuses (so no stage Job is ever refused for them), and what admission
+    admits, it admits."""
+    from malformed import BASE
+    from pod_template_cases import CASES
+    from reasoning_operator.admission import Rejected, admit
+
+    disagreements = []
+    for case in CASES:
+        pod = {"restartPolicy": "Never", "containers": [{"name": "trainer", "image": "trainer:1"}],
+               case.field: case.value}
+        job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"},
+               "spec": {"template": {"spec": pod}}}
+        created = cluster.kubectl_as(cluster.kubeconfig, "create", "--dry-run=server", "-f", "-",
+                                     f"--namespace={namespace}", input=json.dumps(job))
+        try:
+            admit({**BASE, "spec": {**BASE["spec"], case.field: case.value}})
+            admitted = True
+        except Rejected:
+            admitted = False
+        server_admits = created.returncode == 0
+        if admitted != server_admits and not (case.stricter and server_admits):
+            disagreements.append(f"{case.id}: admission {admitted}, API server {server_admits} {created.stderr}")
+    assert not disagreements, "\n".join(disagreements)
+
+
 def _kubectl(cluster) -> list[str]:
     binary = cluster.kit_state / "bin" / "kubectl" if cluster.kit_state else "kubectl"
     return [str(binary), f"--kubeconfig={cluster.kubeconfig}"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from .base import Quantity, SpecModel
 from .names import Annotations, Labels, ObjectName
+from .pod import Affinity, Toleration
 
 # Memory of common data-centre and workstation GPUs, in GiB as the driver reports it.
 GPU_TYPES: dict[str, float] = {
@@ -70,16 +71,6 @@ class SecretKeyRef(SpecModel):
     key: str = Field("token", min_length=1, description="Key inside the Secret.")
 
 
-class Toleration(SpecModel):
-    """As in a PodSpec."""
-
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
-
-
 class ClusterFields(SpecModel):
     """Mixed into the run spec: how the stage pods are scheduled and what they mount."""
 
@@ -94,7 +85,7 @@ class ClusterFields(SpecModel):
     )
     node_selector: Labels = Field(default_factory=dict, description="Node labels the stage pods require.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the stage pods tolerate.")
-    affinity: dict[str, Any] | None = Field(None, description="Pod affinity, as in a PodSpec.")
+    affinity: Affinity | None = Field(None, description="Node and pod affinity of the stage pods, as in a PodSpec.")
     pod_labels: Labels = Field(
         default_factory=dict, description="Extra labels of the stage pods (cost centre, autoscaler hints); "
                                           "the operator's own labels win on a clash.")

@@ -40,26 +40,54 @@ def label_key_problem(key: str) -> str | None:
     return None
 
 
+def label_value_problem(value: str) -> str | None:
+    if len(value) > 63 or (value and not _QUALIFIED.match(value)):
+        return (f"{value!r} is not a label value: at most 63 letters, digits, '-', '_' or '.', starting and "
+                f"ending with a letter or digit (or empty)")
+    return None
+
+
+def _label_key(key: str) -> str:
+    problem = label_key_problem(key)
+    if problem:
+        raise ValueError(problem)
+    return key
+
+
+def _label_value(value: str) -> str:
+    problem = label_value_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _namespace(value: str) -> str:
+    problem = dns_label_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def _labels(values: dict[str, str]) -> dict[str, str]:
     for key, value in values.items():
-        problem = label_key_problem(key)
+        _label_key(key)
+        problem = label_value_problem(value)
         if problem:
-            raise ValueError(problem)
-        if len(value) > 63 or (value and not _QUALIFIED.match(value)):
-            raise ValueError(f"value of {key!r}: {value!r} is not a label value: at most 63 letters, digits, "
-                             f"'-', '_' or '.', starting and ending with a letter or digit (or empty)")
+            raise ValueError(f"value of {key!r}: {problem}")
     return values
 
 
 def _annotation_keys(values: dict[str, str]) -> dict[str, str]:
     for key in values:
-        problem = label_key_problem(key)
-        if problem:
-            raise ValueError(problem)
+        _label_key(key)
     return values
 
 
 ObjectName = Annotated[str, AfterValidator(_object_name),
                        WithJsonSchema({"type": "string", "maxLength": 253, "pattern": _DNS_SUBDOMAIN.pattern})]
+# Label keys also name taints and topology domains (kubernetes.io/hostname).
+LabelKey = Annotated[str, AfterValidator(_label_key)]
+LabelValue = Annotated[str, AfterValidator(_label_value)]
+NamespaceName = Annotated[str, AfterValidator(_namespace)]
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
 Annotations = Annotated[dict[str, str], AfterValidator(_annotation_keys)]
