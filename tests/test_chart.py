@@ -109,6 +109,8 @@ OPERATOR_CALLS = [
     ("batch", "jobs", "create"), ("batch", "jobs", "delete"), ("", "configmaps", "create"),
     ("", "services", "create"), ("", "persistentvolumeclaims", "create"), ("", "events", "create"),
     ("", "events", "list"), ("scheduling.volcano.sh", "podgroups", "create"),
+    ("jobset.x-k8s.io", "jobsets", "get"), ("jobset.x-k8s.io", "jobsets", "create"),
+    ("jobset.x-k8s.io", "jobsets", "delete"),
     ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
 ]

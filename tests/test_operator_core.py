@@ -245,6 +245,71 @@ def test_a_stage_disabled_while_it_runs_is_stopped_and_recorded_stopped_never_su
     assert "StageStopped" in [event.reason for event in stopped.events]
 
 
+WIDE = {"preset": "2gpu", "gpu": {"memory": "80Gi"}, "backoffLimit": 3, "queueName": "team-a",
+        "storage": {"size": "1Ti", "accessModes": ["ReadWriteMany"]}, "stages": {"sft": {"nodes": 2, "gpus": 16}}}
+
+
+def test_with_jobset_installed_a_multi_node_stage_is_a_jobset_that_restarts_the_group():
+    spec = validate_spec(WIDE)
+    made = stage_children(RUN, spec, plan_run(spec), "sft", "trainer:1", OperatorConfig(), jobsets=True)
+    assert [child["kind"] for child in made] == ["ConfigMap", "JobSet"], "JobSet makes the Service itself"
+    jobset = made[1]
+    assert jobset["metadata"]["name"] == "demo-sft" and jobset["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    assert jobset["spec"]["suspend"] is True, "Kueue admits the JobSet as a whole"
+    assert jobset["spec"]["failurePolicy"]["maxRestarts"] == 3
+    assert jobset["spec"]["failurePolicy"]["rules"][0]["onJobFailureReasons"] == ["PodFailurePolicy",
+                                                                                   "DeadlineExceeded"]
+    (replicated,) = jobset["spec"]["replicatedJobs"]
+    child = replicated["template"]
+    assert "kueue.x-k8s.io/queue-name" not in child["metadata"]["labels"] and "suspend" not in child["spec"]
+    assert (child["spec"]["completions"], child["spec"]["completionMode"], child["spec"]["backoffLimit"]) == \
+        (2, "Indexed", 0)
+    pod = child["spec"]["template"]["spec"]
+    env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == "demo-sft-r-0-0.demo-sft.team.svc" == pod["initContainers"][0]["env"][0]["value"]
+    assert "subdomain" not in pod
+    single = stage_children(RUN, spec, plan_run(spec), "eval", "trainer:1", OperatorConfig(), jobsets=True)
+    assert single[-1]["kind"] == "Job", "a one-node stage stays a Job"
+
+
+def test_a_jobset_stage_is_read_like_a_job_and_never_restarted_by_the_operator():
+    from reasoning_operator.jobset import as_stage_job
+
+    spec = validate_spec(WIDE)
+    plan = plan_run(spec)
+    running = {"phase": "Running", "stages": {"sft": {"phase": "Running", "job": "demo-sft", "attempts": 1}}}
+    meta = {"name": "demo-sft", "uid": "js-uid"}
+    restarted = as_stage_job({"metadata": meta, "spec": {}, "status": {"restarts": 1, "replicatedJobsStatus": [
+        {"name": "r", "active": 1}]}})
+    pod = {"metadata": {"name": "demo-sft-r-0-0-x"}, "status": {"phase": "Running"}}
+    again = decide(RUN, 1, spec, plan, running, Observed({"sft": restarted}, {"sft": [pod]}, NOW), 600)
+    assert again.status.stages["sft"].message == "attempt 2 of 4"
+    assert "StageRetrying" in [event.reason for event in again.events]
+    failed = as_stage_job({"metadata": meta, "spec": {}, "status": {"restarts": 3, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "ReachedMaxRestarts", "message": "jobset failed"}]}})
+    gave_up = decide(RUN, 1, spec, plan, running, Observed({"sft": failed}, {"sft": []}, NOW), 600)
+    stage = gave_up.status.stages["sft"]
+    assert (gave_up.remove, stage.phase, stage.reason, stage.restarts) == (None, "Failed", "ReachedMaxRestarts", 0)
+    done = as_stage_job({"metadata": meta, "spec": {}, "status": {"conditions": [
+        {"type": "Completed", "status": "True"}]}})
+    assert decide(RUN, 1, spec, plan, running, Observed({"sft": done}, {"sft": []}, NOW),
+                  600).status.stages["sft"].phase == "Succeeded"
+
+
+def test_kueue_places_every_rank_of_a_stage_in_one_topology_domain():
+    job = children({"preset": "full", "storage": {"size": "1Ti", "accessModes": ["ReadWriteMany"]},
+                    "queueName": "team-a", "queueTopology": {"level": "cloud.google.com/gce-topology-block"},
+                    "stages": {"sft": {"nodes": 2, "gpus": 16}}}, "sft")["Job"]
+    template = job["spec"]["template"]
+    assert template["metadata"]["annotations"]["kueue.x-k8s.io/podset-required-topology"] == \
+        "cloud.google.com/gce-topology-block"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and job["spec"]["suspend"]
+    with pytest.raises(Rejected) as refused:
+        admit(resource({"preset": "fast", "storage": {"size": "1Ti"},
+                        "queueTopology": {"level": "kubernetes.io/hostname", "mode": "Preferred"}}))
+    assert "spec.queueTopology: topology-aware scheduling is Kueue's: set queueName" in str(refused.value)
+
+
 def test_a_stage_that_cannot_get_going_says_why_with_a_warning():
     spec = validate_spec({"preset": "fast", "storage": {"size": "1Gi"}, "queueName": "team-a"})
     plan = plan_run(spec)
@@ -398,7 +463,7 @@ def test_merge_patch_nulls_keys_that_went_away_and_skips_unchanged_ones():
 
 
 def test_run_names_too_long_for_their_job_names_are_rejected_by_field():
-    with pytest.raises(Rejected, match=r"metadata.name: at most 52 characters"):
+    with pytest.raises(Rejected, match=r"metadata.name: at most 48 characters"):
         admit(resource({"preset": "tiny", "storage": {"size": "1Gi"}}, name="x" * 60))
 
 

@@ -89,3 +89,17 @@ def test_a_valid_resource_keeps_its_name():
     name, spec = validate_resource(resource({**FAST, "storage": {"size": "100Gi"}}, name="gsm8k"))
     assert name == "gsm8k"
     assert spec.storage.size == "100Gi"
+
+
+def test_a_run_can_start_from_an_earlier_runs_trained_generator_on_its_kept_claim():
+    """The documented resume: mount the kept claim, name the trained model by its path (with its
+    size: the planner cannot read the claim), disable the stages already done."""
+    from reasoning_trainer.planner import plan_run
+
+    spec = validate_spec({**FAST, "storage": {"existingClaim": "first-data"},
+                          "models": {"generator": {"name": "/data/first-0123abcd/models/generator",
+                                                   "parameters": "3B"}},
+                          "stages": {"select": {"enabled": False}, "sft": {"enabled": False}}})
+    assert list(plan_run(spec).stages) == ["rl", "eval"]
+    with pytest.raises(RunValidationError, match="spec.stages.select: set exactly one of keepTopK"):
+        validate_spec({**FAST, "stages": {"select": {"enabled": True}}})

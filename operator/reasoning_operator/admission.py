@@ -53,7 +53,8 @@ def cluster_issues(name: str, spec: RunSpec) -> list[Issue]:
     issues = []
     if len(name) > MAX_RUN_NAME:
         issues.append(Issue("metadata.name", f"at most {MAX_RUN_NAME} characters, got {len(name)}: the stage Jobs "
-                                             f"are named <run>-<stage> and Kubernetes caps labels at 63"))
+                                             f"are named <run>-<stage>, their ranks <run>-<stage>-r-0-<rank>, and "
+                                             f"Kubernetes caps labels and hostnames at 63"))
     if spec.storage is None:
         issues.append(Issue("spec.storage", "required on a cluster: stages hand checkpoints to each other on a "
                                             "volume; set size: 50Gi (a new claim) or existingClaim: <pvc name>"))

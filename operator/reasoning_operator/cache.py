@@ -97,6 +97,7 @@ class WorkQueue:
         self._waiting: set[RunKey] = set()
         self._active: set[RunKey] = set()
         self._again: set[RunKey] = set()
+        self._polled: set[RunKey] = set()
 
     def add(self, key: RunKey) -> None:
         if key in self._active:
@@ -111,6 +112,17 @@ class WorkQueue:
 
     def add_later(self, key: RunKey, seconds: float) -> None:
         asyncio.get_running_loop().call_later(seconds, self.add, key)
+
+    def poll(self, key: RunKey, seconds: float) -> None:
+        """Queue ``key`` in ``seconds`` unless a poll of it is already pending: for state no watch
+        delivers, read once per period however many events the run gets meanwhile."""
+        if key not in self._polled:
+            self._polled.add(key)
+            asyncio.get_running_loop().call_later(seconds, self._poll_due, key)
+
+    def _poll_due(self, key: RunKey) -> None:
+        self._polled.discard(key)
+        self.add(key)
 
     async def get(self) -> RunKey:
         key = await self._queue.get()

@@ -16,12 +16,15 @@ from reasoning_trainer.metrics import LINGER_ENV
 from reasoning_trainer.planner import RunPlan
 from reasoning_trainer.schema import GROUP, KIND, VERSION, RunSpec
 
+from .jobset import REPLICATED_JOB, as_jobset
+
 RUN_LABEL = f"{GROUP}/run"
 STAGE_LABEL = f"{GROUP}/stage"
 # The chart's PodMonitor selects trainer pods by this label and scrapes the named port.
 TRAINER_LABELS = {"app.kubernetes.io/name": "reasoning-trainer", "app.kubernetes.io/part-of": "reasoning-operator",
                   "app.kubernetes.io/managed-by": "reasoning-operator"}
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_TOPOLOGY_ANNOTATION = "kueue.x-k8s.io/podset-{mode}-topology"
 # Volcano schedules the pods that name a PodGroup all together or not at all.
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 CONTAINER = "trainer"
@@ -37,8 +40,9 @@ RENDEZVOUS_PORT = 29500
 # Exit code of ``rto train`` for an unusable plan file: retrying cannot help.
 EXIT_BAD_PLAN = 2
 # Job names become pod labels and, with "-<index>", pod hostnames of multi-node stages: both are capped
-# at 63 characters. "select" is the longest stage name; 128 nodes need up to "-127".
-MAX_RUN_NAME = 63 - len("-select") - len("-127")
+# at 63 characters. "select" is the longest stage name; 128 nodes need up to "-127", and a JobSet's
+# ranks are named <jobset>-r-0-<index>.
+MAX_RUN_NAME = 63 - len("-select") - len(f"-{REPLICATED_JOB}-0") - len("-127")
 
 
 @dataclass(frozen=True)
@@ -124,17 +128,23 @@ def headless_service(run: Run, stage: str) -> dict[str, Any]:
                      "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}]}}
 
 
-def stage_children(run: Run, spec: RunSpec, plan: RunPlan, stage: str, image: str, config) -> list[dict[str, Any]]:
+def stage_children(run: Run, spec: RunSpec, plan: RunPlan, stage: str, image: str, config,
+                   jobsets: bool = False) -> list[dict[str, Any]]:
     """Everything one stage needs, in creation order: plan ConfigMap, Service and (with Volcano)
-    PodGroup of a multi-node stage, Job."""
+    PodGroup of a multi-node stage, Job. With ``jobsets`` (the cluster serves JobSet), a multi-node
+    stage is a JobSet instead of the Job and the Service: JobSet restarts the group and makes the
+    Service."""
     stage_plan = plan.stages[stage].to_dict()
     config_map = plan_config_map(run, spec, plan, stage)
     children = [config_map]
+    jobset = jobsets and stage_plan["nodes"] > 1
     if stage_plan["nodes"] > 1:
-        children.append(headless_service(run, stage))
+        if not jobset:
+            children.append(headless_service(run, stage))
         if _gang_scheduled(spec, stage_plan):
             children.append(pod_group(run, spec, stage, stage_plan))
-    children.append(stage_job(run, spec, stage, stage_plan, image, config, config_map["metadata"]["name"]))
+    job = stage_job(run, spec, stage, stage_plan, image, config, config_map["metadata"]["name"], jobset)
+    children.append(as_jobset(job, spec.backoff_limit, run.labels(stage)) if jobset else job)
     return children
 
 
@@ -155,7 +165,7 @@ def pod_group(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any]) -
 
 
 def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], image: str, config,
-              plan_name: str) -> dict[str, Any]:
+              plan_name: str, jobset: bool = False) -> dict[str, Any]:
     name = job_name(run.name, stage)
     nodes = stage_plan["nodes"]
     gpus_per_node = stage_plan["gpus"] // nodes
@@ -180,13 +190,20 @@ def stage_job(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], i
             "spec": _pod_spec(run, spec, stage, stage_plan, gpus_per_node, image, config, plan_name),
         },
     }
+    if spec.queue_topology:
+        annotation = KUEUE_TOPOLOGY_ANNOTATION.format(mode=spec.queue_topology.mode.lower())
+        job_spec["template"]["metadata"]["annotations"][annotation] = spec.queue_topology.level
     if nodes > 1:
         # One failed rank fails the whole group at once: the Job controller stops the other ranks,
         # which would otherwise wait in the rendezvous for a peer that a lone retry cannot rejoin.
         # The operator then restarts the group, up to spec.backoffLimit times (progress.py).
         job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0)
-        job_spec["template"]["spec"]["subdomain"] = name
-        job_spec["template"]["spec"]["initContainers"] = [_wait_for_master(run, stage, image)]
+        pod = job_spec["template"]["spec"]
+        master = {"name": "MASTER_ADDR", "value": master_addr(run, stage, jobset)}
+        pod["containers"][0]["env"].append(master)
+        pod["initContainers"] = [_wait_for_master(master, image)]
+        if not jobset:
+            pod["subdomain"] = name
         if _gang_scheduled(spec, stage_plan):
             job_spec["template"]["metadata"]["annotations"][VOLCANO_GROUP_ANNOTATION] = name
     if spec.ttl_seconds_after_finished is not None:
@@ -211,11 +228,17 @@ while True:
 """
 
 
-def _wait_for_master(run: Run, stage: str, image: str) -> dict[str, Any]:
-    name = job_name(run.name, stage)
+def _wait_for_master(master: dict[str, str], image: str) -> dict[str, Any]:
     return {"name": "wait-for-master", "image": image, "command": ["python", "-c", WAIT_FOR_MASTER],
-            "env": [{"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{run.namespace}.svc"}],
-            "securityContext": dict(RESTRICTED_CONTAINER)}
+            "env": [master], "securityContext": dict(RESTRICTED_CONTAINER)}
+
+
+def master_addr(run: Run, stage: str, jobset: bool) -> str:
+    """Rank 0's DNS name: ``<job>-0`` under the operator's headless Service, or the hostname JobSet
+    gives the first pod of its first Job, under the Service JobSet makes."""
+    name = job_name(run.name, stage)
+    host = f"{name}-{REPLICATED_JOB}-0-0" if jobset else f"{name}-0"
+    return f"{host}.{name}.{run.namespace}.svc"
 
 
 def _plan_annotations(stage_plan: dict[str, Any]) -> dict[str, str]:
@@ -316,13 +339,11 @@ def _env(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], gpus_p
             "name": spec.hf_token_secret.name, "key": spec.hf_token_secret.key}}})
     nodes = stage_plan["nodes"]
     if nodes > 1:
-        name = job_name(run.name, stage)
         env += [
             {"name": "NNODES", "value": str(nodes)},
             {"name": "NPROC_PER_NODE", "value": str(gpus_per_node)},
             {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
                 "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
-            {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{run.namespace}.svc"},
             {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
         ]
     return env

@@ -27,11 +27,12 @@ from prometheus_client import start_http_server
 
 from reasoning_trainer.schema import GROUP, PLURAL, VERSION
 
+from . import jobset
 from .admission import Admitted, Rejected, admit
 from .cache import Cache, RunKey, WorkQueue, run_key
 from .config import OperatorConfig
 from .desired import RUN_LABEL, STAGE_LABEL, Run, job_name, stage_children, volume_claim
-from .kube import ApiError, Kube
+from .kube import ApiError, Discovery, Kube
 from .metrics import OperatorMetrics
 from .progress import Decision, Observed, decide, job_outcome, load_status, refuse_child, rejected
 
@@ -45,6 +46,8 @@ RETRY_SECONDS, RETRY_CAP_SECONDS = 1.0, 300.0
 # A Job with no pod this long is asked about (its FailedCreate events): the controller creates a
 # pod within a second or two, and retries a refused create with back-off.
 CREATE_GRACE_SECONDS = 10.0
+# How often a running JobSet stage is read: the operator watches Jobs and Pods, not JobSets.
+JOBSET_POLL_SECONDS = 5.0
 # Statuses of a create the API server refused (bad request, forbidden by RBAC, quota or admission,
 # a kind it does not serve, such as Volcano's PodGroup without Volcano, invalid): the run records
 # them; retrying at once cannot help.
@@ -70,6 +73,10 @@ class Operator:
     # admission is pure in the spec: keep its verdict per (uid, generation) instead of re-planning every pass
     admitted: dict[tuple[str, int], Admitted | Rejected] = field(default_factory=dict)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    jobsets: Discovery = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.jobsets = Discovery(self.kube, jobset.API_VERSION, jobset.PLURAL)
 
 
 def credentials(settings: kopf.OperatorSettings, logger, memo: kopf.Memo) -> kopf.ConnectionInfo | None:
@@ -266,6 +273,15 @@ async def observe(operator: Operator, run: Run, stored, now: datetime) -> Observ
     for stage, status in stored.stages.items():
         if stage in jobs or not status.job or status.phase not in ("Pending", "Running"):
             continue
+        # A multi-node stage on a cluster with JobSet is a JobSet, read afresh each pass: the
+        # cache holds Jobs only (the JobSet's own Jobs and pods carry the run's labels and queue it).
+        if await operator.jobsets.served():
+            found = await operator.kube.get("JobSet", run.namespace, status.job)
+            if found is not None and _owned_by(found, run.uid):
+                jobs[stage] = jobset.as_stage_job(found)
+                if not job_outcome(jobs[stage]):  # JobSet's own changes reach no watch of ours
+                    operator.queue.poll(key, JOBSET_POLL_SECONDS)
+                continue
         found = await operator.kube.get("Job", run.namespace, status.job)
         if found is not None and _owned_by(found, run.uid):
             cache.store_child("Job", key, found)
@@ -273,8 +289,7 @@ async def observe(operator: Operator, run: Run, stored, now: datetime) -> Observ
         else:
             vanished[stage] = (cache.deleted_jobs.get(key) or {}).get(status.job, {})
     pods = cache.children("Pod", key)
-    pods_by_stage = {stage: [pod for pod in pods if _owned_by(pod, job["metadata"]["uid"])]
-                     for stage, job in jobs.items()}
+    pods_by_stage = {stage: [pod for pod in pods if _made_by(pod, job)] for stage, job in jobs.items()}
     for stage, last in vanished.items():
         uid = (last.get("metadata") or {}).get("uid")
         pods_by_stage[stage] = [pod for pod in pods if uid and _owned_by(pod, uid)]
@@ -283,13 +298,13 @@ async def observe(operator: Operator, run: Run, stored, now: datetime) -> Observ
     for stage, job in {**jobs, **vanished}.items():
         recorded = stored.stages.get(stage)
         if job and recorded and recorded.phase in ("Pending", "Running") and job_outcome(job):
-            pods_by_stage[stage] = await operator.kube.list(
-                "Pod", run.namespace, {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"]})
+            owner = jobset.UID_LABEL if jobset.is_jobset(job) else "batch.kubernetes.io/controller-uid"
+            pods_by_stage[stage] = await operator.kube.list("Pod", run.namespace, {owner: job["metadata"]["uid"]})
     create_failures = {}
     for stage, job in jobs.items():
         waited = (now - _created(job)).total_seconds()
         if not pods_by_stage[stage] and waited >= CREATE_GRACE_SECONDS and not job_outcome(job) \
-                and not (job.get("spec") or {}).get("suspend"):
+                and not jobset.is_jobset(job) and not (job.get("spec") or {}).get("suspend"):
             failure = await _create_failure(operator.kube, job)
             if failure:
                 create_failures[stage] = failure
@@ -322,13 +337,17 @@ async def act(operator: Operator, run: Run, admitted: Admitted, decision: Decisi
         if claim is not None:
             await _create(kube, claim)
         image = spec.image or operator.config.trainer_image
-        for child in stage_children(run, spec, admitted.plan, decision.create, image, operator.config):
+        jobsets = admitted.plan.stages[decision.create].nodes > 1 and await operator.jobsets.served()
+        for child in stage_children(run, spec, admitted.plan, decision.create, image, operator.config, jobsets):
             created = await _create(kube, child)
             if created is not None and created.get("kind") == "Job":
                 # known now, so the next pass need not ask whether the watch has delivered it yet
                 operator.cache.store_child("Job", (run.namespace, run.name), created)
     if decision.remove:
-        await kube.delete("Job", run.namespace, job_name(run.name, decision.remove))
+        name = job_name(run.name, decision.remove)
+        if await operator.jobsets.served():
+            await kube.delete("JobSet", run.namespace, name)
+        await kube.delete("Job", run.namespace, name)
 
 
 async def _create(kube: Kube, child: dict[str, Any]) -> dict[str, Any] | None:
@@ -377,6 +396,14 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         elif value != before:
             patch[key] = value
     return patch
+
+
+def _made_by(pod: dict[str, Any], job: dict[str, Any]) -> bool:
+    """A pod of the stage's Job, or of one of its JobSet's Jobs."""
+    uid = job["metadata"]["uid"]
+    if jobset.is_jobset(job):
+        return (pod["metadata"].get("labels") or {}).get(jobset.UID_LABEL) == uid
+    return _owned_by(pod, uid)
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:

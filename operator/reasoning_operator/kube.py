@@ -13,6 +13,7 @@ import base64
 import logging
 import ssl
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -38,6 +39,7 @@ RESOURCES = {
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "Event": ("/api/v1", "events"),
     "PodGroup": ("/apis/scheduling.volcano.sh/v1beta1", "podgroups"),
+    "JobSet": ("/apis/jobset.x-k8s.io/v1alpha2", "jobsets"),
 }
 EVENT_SOURCE = "reasoning-operator"
 STATUS_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "AlreadyExists", 422: "Invalid"}
@@ -255,3 +257,29 @@ def _file(path: Any, data: str | bytes | None) -> str | None:
     with handle:
         handle.write(_text(data))
     return handle.name
+
+
+class Discovery:
+    """Whether the cluster serves a resource (``apiVersion``, plural); asked again at most every
+    ``ttl`` seconds, so an API installed while the operator runs is used from then on."""
+
+    def __init__(self, kube: Kube, api_version: str, plural: str, ttl: float = 60.0):
+        self._kube = kube
+        self._path = f"/apis/{api_version}"
+        self._plural = plural
+        self._ttl = ttl
+        self._served = False
+        self._checked = float("-inf")
+
+    async def served(self) -> bool:
+        if time.monotonic() - self._checked < self._ttl:
+            return self._served
+        try:
+            resources = (await self._kube.request("GET", self._path)).get("resources") or []
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            resources = []
+        self._served = any(resource.get("name") == self._plural for resource in resources)
+        self._checked = time.monotonic()
+        return self._served

@@ -430,6 +430,55 @@ def test_a_volcano_scheduled_multi_node_stage_is_a_gang_or_says_volcano_is_missi
         cluster.kubectl("delete", "crd", crd["metadata"]["name"], "--ignore-not-found", "--wait=false")
 
 
+def _play_jobset_controller(cluster, namespace: str, name: str) -> dict:
+    """What JobSet's controller does first (the kit runs none): the replicated Job, owned by the
+    JobSet, its pods labelled with the JobSet's uid and under its Service's subdomain."""
+    jobset = cluster.custom.get_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", namespace, "jobsets", name)
+    (replicated,) = jobset["spec"]["replicatedJobs"]
+    ids = {"jobset.sigs.k8s.io/jobset-name": name, "jobset.sigs.k8s.io/jobset-uid": jobset["metadata"]["uid"]}
+    job_spec = copy.deepcopy(replicated["template"]["spec"])
+    job_spec["template"]["metadata"]["labels"].update(ids)
+    job_spec["template"]["spec"]["subdomain"] = name
+    cluster.apply({"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+        "name": f"{name}-{replicated['name']}-0", "labels": {**replicated["template"]["metadata"]["labels"], **ids},
+        "ownerReferences": [{"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "name": name,
+                             "uid": jobset["metadata"]["uid"], "controller": True}]},
+        "spec": job_spec}, namespace=namespace)
+    return jobset
+
+
+def test_with_jobset_installed_a_multi_node_stage_runs_as_a_jobset(cluster, namespace, start_operator):
+    crd = open_crd("jobset.x-k8s.io", "JobSet", "v1alpha2")
+    try:
+        cluster.apply(crd)
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+        start_operator()
+        result = {**RESULT, "accuracy": 0.61}
+        cluster.apply({**tiny_run("set"), "spec": {
+            "preset": "2gpu", "gpu": {"type": "A10G"}, "backoffLimit": 2,
+            "storage": {"size": "10Gi", "accessModes": ["ReadWriteMany"]}, "stages": {"sft": {"nodes": 2, "gpus": 16}},
+            "podAnnotations": kwok("1s", message=result)}}, namespace=namespace)
+        wait_for(lambda: cluster.custom.list_namespaced_custom_object(
+            "jobset.x-k8s.io", "v1alpha2", namespace, "jobsets")["items"], 90, "the sft stage's JobSet")
+        jobset = _play_jobset_controller(cluster, namespace, "set-sft")
+        assert jobset["spec"]["failurePolicy"]["maxRestarts"] == 2
+        assert "set-sft" not in cluster.jobs(namespace), "the JobSet, not the operator, makes the stage's Job"
+        assert not cluster.core.list_namespaced_service(namespace).items, "JobSet makes the Service"
+        wait_for(lambda: (cluster.jobs(namespace)["set-sft-r-0"].status.succeeded or 0) == 2, 60,
+                 "both ranks to finish")
+        jobset["status"] = {"restarts": 0, "conditions": [
+            {"type": "Completed", "status": "True", "reason": "AllJobsCompleted", "message": "jobset completed",
+             "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]}
+        cluster.custom.replace_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", namespace, "jobsets",
+                                                        "set-sft", jobset)
+        stage = wait_for(lambda: status(cluster, namespace, "set")["stages"]["sft"].get("phase") == "Succeeded"
+                         and status(cluster, namespace, "set")["stages"]["sft"], 30, "sft to succeed")
+        assert stage["accuracy"] == 0.61, "the result is read from rank 0's termination message"
+        assert wait_for(lambda: cluster.jobs(namespace).get("set-rl"), 30, "the next stage's Job")
+    finally:
+        cluster.kubectl("delete", "crd", crd["metadata"]["name"], "--ignore-not-found", "--wait=false")
+
+
 def test_a_stage_past_its_deadline_fails_with_deadline_exceeded(cluster, namespace, start_operator):
     start_operator()
     cluster.apply(tiny_run("slow", activeDeadlineSeconds=2, podAnnotations=kwok("60s")), namespace=namespace)

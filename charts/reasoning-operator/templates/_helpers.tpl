@@ -69,6 +69,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [scheduling.volcano.sh]
   resources: [podgroups]
   verbs: [create]
+# A multi-node stage is a JobSet where the cluster serves jobset.x-k8s.io.
+- apiGroups: [jobset.x-k8s.io]
+  resources: [jobsets]
+  verbs: [get, create, delete]
 # Why the Job controller cannot create a stage's pod is only in its FailedCreate events.
 - apiGroups: [""]
   resources: [events]

@@ -13,7 +13,15 @@ def cross_field_issues(spec: RunSpec, prefix: str = "spec") -> list[Issue]:
         *_model_issues(spec, prefix),
         *_stage_gpu_issues(spec, prefix),
         *_method_issues(spec, prefix),
+        *_queue_issues(spec, prefix),
     ]
+
+
+def _queue_issues(spec: RunSpec, prefix: str) -> list[Issue]:
+    if spec.queue_topology and not spec.queue_name:
+        return [Issue(f"{prefix}.queueTopology", "topology-aware scheduling is Kueue's: set queueName to the "
+                                                 "LocalQueue that admits the run")]
+    return []
 
 
 def _stage_issues(spec: RunSpec, prefix: str) -> list[Issue]:

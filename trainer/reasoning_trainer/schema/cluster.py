@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from .base import Quantity, SpecModel
 from .names import Annotations, Labels, ObjectName
-from .pod import Affinity, Toleration
+from .pod import Affinity, QueueTopology, Toleration
 
 # Memory of common data-centre and workstation GPUs, in GiB as the driver reports it.
 GPU_TYPES: dict[str, float] = {
@@ -96,6 +96,9 @@ class ClusterFields(SpecModel):
     scheduler_name: str | None = Field(None, description="Scheduler of the stage pods (volcano, ...).")
     queue_name: ObjectName | None = Field(None, description="Kueue LocalQueue; Jobs start suspended for Kueue to "
                                                             "admit.")
+    queue_topology: QueueTopology | None = Field(
+        None, description="Kueue topology-aware scheduling of the stage pods; needs queueName and a "
+                          "TopologyAwareScheduling-enabled Kueue.")
     backoff_limit: int = Field(2, ge=0, le=100, description="Retries of a failed stage, each from its last checkpoint.")
     active_deadline_seconds: int | None = Field(
         None, ge=1, description="Longest a stage may take, in seconds, its retries included; past it the stage "

@@ -152,6 +152,17 @@ class PodAffinity(SpecModel):
         default_factory=list, description="Placements the pods prefer, by weight.")
 
 
+class QueueTopology(SpecModel):
+    """Kueue's topology-aware scheduling: the ranks of a stage are admitted onto nodes that share one
+    domain of a topology level (a rack, a block, a node), so their collectives stay on the fast links."""
+
+    level: LabelKey = Field(description="Node label of the topology level defined in Kueue's Topology object "
+                                        "(cloud.google.com/gce-topology-block, kubernetes.io/hostname, ...).")
+    mode: Literal["Required", "Preferred"] = Field(
+        "Required", description="Required: wait until one domain has room for every rank; Preferred: use "
+                                "as few domains as possible.")
+
+
 class Affinity(SpecModel):
     """As in a PodSpec."""
 

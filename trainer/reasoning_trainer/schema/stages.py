@@ -56,7 +56,8 @@ class SelectSpec(StageSpec):
 
     @model_validator(mode="after")
     def _one_rule(self) -> SelectSpec:
-        if (self.keep_top_k is None) == (self.keep_fraction is None):
+        # A disabled stage keeps nothing: "select: {enabled: false}" must not ask how much to keep.
+        if (self.keep_top_k is None) == (self.keep_fraction is None) and (self.enabled or self.keep_top_k):
             raise ValueError("set exactly one of keepTopK and keepFraction (for example keepTopK: 1000)")
         if self.step_weight + self.trajectory_weight <= 0:
             raise ValueError("stepWeight and trajectoryWeight cannot both be 0: a trace needs a score")
