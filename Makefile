@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Stable timings and no oversubscription on small CI machines.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: venv run test e2e soak bench crd dashboard manifests docs generate images clean
+.PHONY: venv install run test e2e soak bench crd dashboard manifests docs generate images clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# `rto` on the PATH: a link to .venv's, which runs with the venv's Python wherever it is called from.
+BINDIR ?= $(HOME)/.local/bin
+install: venv
+	mkdir -p $(BINDIR)
+	ln -sf $(CURDIR)/$(VENV)/bin/rto $(BINDIR)/rto
+	@case ":$$PATH:" in *":$(BINDIR):"*) echo "rto is on your PATH: $(BINDIR)/rto" ;; \
+	  *) echo "linked $(BINDIR)/rto; add $(BINDIR) to PATH (export PATH=\"$(BINDIR):\$$PATH\")" ;; esac
 
 # The embedded tiny run, every stage on this machine's CPU: outputs/tiny/ (report.html, results).
 # Stages already done are kept; `make run RUN_ARGS=--restart` trains from scratch.

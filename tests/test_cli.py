@@ -86,3 +86,20 @@ def test_schema_planner_and_crd_import_without_torch():
             "print(plan_run(validate_spec({'preset': 'full'})).gpus)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "2"
+
+
+def test_make_install_puts_a_working_rto_on_the_path(tmp_path):
+    bindir = tmp_path / "bin"
+    made = subprocess.run(["make", "-s", "install", f"BINDIR={bindir}"], cwd=ROOT, capture_output=True, text=True,
+                          env={"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == f"rto is on your PATH: {bindir}/rto"
+    presets = subprocess.run(["rto", "presets"], capture_output=True, text=True, cwd=tmp_path,
+                             env={"PATH": f"{bindir}:/usr/bin:/bin"})
+    assert presets.returncode == 0 and presets.stdout.startswith("2gpu ")
+
+
+def test_a_closed_pipe_ends_rto_quietly():
+    piped = subprocess.run(f"'{RTO}' presets | head -1", shell=True,
+                           capture_output=True, text=True)
+    assert piped.stdout.startswith("2gpu ") and piped.stderr == ""

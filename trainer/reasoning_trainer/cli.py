@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import yaml
+from reasoning_operator import commands as operator_commands
 from reasoning_operator import main as operator_main
-from reasoning_operator import retry as operator_retry
 
 from . import presets
 from .planner import PlanError, RunPlan, plan_run
@@ -27,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:  # `rto status | head` closed the pipe early: nothing went wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,10 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     operator_main.add_arguments(operator)
     operator.set_defaults(handler=operator_main.run)
 
-    retry = commands.add_parser("retry", help="rerun a run's failed stages on the cluster, each from its last "
-                                              "checkpoint (needs the [operator] extra)")
-    operator_retry.add_arguments(retry)
-    retry.set_defaults(handler=operator_retry.run)
+    operator_commands.add_commands(commands)
     return parser
 
 

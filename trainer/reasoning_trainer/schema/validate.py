@@ -86,13 +86,19 @@ def validate_resource(resource: Any) -> tuple[str, RunSpec]:
 
 
 def load_run_file(path: str | Path) -> tuple[str, RunSpec]:
-    """The run in a manifest file; other documents beside it (a claim, a Secret) are skipped."""
+    """The run in a manifest file, validated."""
+    return validate_resource(load_run_document(path))
+
+
+def load_run_document(path: str | Path) -> Any:
+    """The run's document in a manifest file, as written; other documents beside it (a claim, a
+    Secret) are skipped."""
     documents = _documents(Path(path))
     runs = [document for document in documents if isinstance(document, dict) and document.get("kind") == KIND]
     if len(documents) > 1 and len(runs) != 1:
         raise RunValidationError([Issue(str(path), f"holds {len(runs)} {KIND} documents among {len(documents)}; "
                                                    f"put one run per file")])
-    return validate_resource(runs[0] if runs else documents[0] if documents else None)
+    return runs[0] if runs else documents[0] if documents else None
 
 
 def _documents(path: Path) -> list[Any]:
