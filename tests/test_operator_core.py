@@ -54,6 +54,16 @@ def test_an_admitted_affinity_reaches_the_stage_pods_as_written():
             assert job["spec"]["template"]["spec"]["affinity"] == case.value, case.id
 
 
+def test_tracking_credentials_reach_the_trainer_from_their_secrets_only():
+    job = children({"preset": "fast", "storage": {"size": "1Ti"}, "tracking": {
+        "mlflow": {"trackingUri": "https://mlflow.example.com", "tokenSecret": {"name": "mlflow"}},
+        "wandb": {"project": "reasoning", "apiKeySecret": {"name": "wandb", "key": "api-key"}}}}, "sft")["Job"]
+    env = {item["name"]: item for item in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_TOKEN"] == {"name": "MLFLOW_TRACKING_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "mlflow", "key": "token"}}}
+    assert env["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "wandb", "key": "api-key"}
+
+
 def test_stage_pods_can_write_the_volume_and_keep_serving_their_final_metrics():
     config = OperatorConfig(metrics_linger_seconds=60)
     spec = validate_spec({"preset": "fast", "storage": {"size": "1Ti"}})

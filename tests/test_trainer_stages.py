@@ -43,6 +43,12 @@ def test_select_trains_the_prm_then_keeps_the_top_scored_half(plan_file):
     assert result["details"]["reward_model"]["train_traces"] > 0
     assert sum(result["details"]["histogram"]["pool"]) == 60
     assert sum(result["details"]["histogram"]["kept"]) == 30
+    # TensorBoard is on by default: the PRM's training loss, step by step, under the stage's folder.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(load_job(path).paths.stage("select") / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("rto_loss/rewardModel")) >= 2
     # Re-score the whole pool with the PRM the stage saved: what was kept is exactly the top half.
     job = load_job(path)
     model = models.load_reward_model(job, "select")

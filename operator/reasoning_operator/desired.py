@@ -334,9 +334,13 @@ def _env(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], gpus_p
         # Downloads land on the run's volume, so a retried pod does not fetch the models again.
         {"name": "HF_HOME", "value": f"{DATA_DIR}/.cache/huggingface"},
     ]
-    if spec.hf_token_secret:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": spec.hf_token_secret.name, "key": spec.hf_token_secret.key}}})
+    tracking = spec.tracking
+    secrets = (("HF_TOKEN", spec.hf_token_secret),
+               ("MLFLOW_TRACKING_TOKEN", tracking.mlflow and tracking.mlflow.token_secret),
+               ("WANDB_API_KEY", tracking.wandb and tracking.wandb.api_key_secret))
+    for variable, secret in secrets:
+        if secret:
+            env.append({"name": variable, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
     nodes = stage_plan["nodes"]
     if nodes > 1:
         env += [

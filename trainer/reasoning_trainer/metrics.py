@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from .tracking import Trackers, metric_key
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9400
@@ -64,9 +66,11 @@ class StageMetrics:
     stage: str
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     history: list[dict] = field(default_factory=list)
+    trackers: Trackers | None = None
 
     def __post_init__(self) -> None:
         self._base = {"run": self.run, "namespace": self.namespace, "stage": self.stage}
+        self._step = 0  # the latest training step seen: trackers plot every value against it
         self._metrics = {}
         for name, (kind, description, extra) in METRICS.items():
             labels = BASE_LABELS + extra
@@ -84,43 +88,52 @@ class StageMetrics:
     def _series(self, name: str, **labels):
         return self._metrics[name].labels(**self._base, **labels)
 
+    def _set(self, name: str, value: float, step: int | None = None, **labels: str) -> None:
+        """A gauge, and the same value to the stage's experiment trackers."""
+        self._series(name, **labels).set(value)
+        if step is not None:
+            self._step = max(self._step, step)
+        if self.trackers is not None:
+            self.trackers.log(metric_key(name, *labels.values()), value, self._step)
+
     def step(self, role: str, seconds: float, tokens: int, step: int) -> None:
         self._series("rto_step_duration_seconds", role=role).observe(seconds)
         self._series("rto_steps_total", role=role).inc()
         self._series("rto_tokens_total", role=role).inc(tokens)
+        self._step = max(self._step, step)
         if seconds > 0:
-            self._series("rto_tokens_per_second", role=role).set(tokens / seconds)
+            self._set("rto_tokens_per_second", tokens / seconds, role=role)
 
     def loss(self, role: str, step: int, loss: float, learning_rate: float | None = None) -> None:
-        self._series("rto_loss", role=role).set(loss)
+        self._set("rto_loss", loss, step, role=role)
         if learning_rate is not None:
-            self._series("rto_learning_rate", role=role).set(learning_rate)
+            self._set("rto_learning_rate", learning_rate, step, role=role)
         self.history.append({"step": step, "role": role, "loss": loss})
 
     def accuracy(self, benchmark: str, metric: str, value: float, step: int | None = None) -> None:
-        self._series("rto_accuracy_ratio", benchmark=benchmark, metric=metric).set(value)
+        self._set("rto_accuracy_ratio", value, step, benchmark=benchmark, metric=metric)
         self.history.append({"step": step, "benchmark": benchmark, "metric": metric, "accuracy": value})
 
     def reward(self, role: str, value: float, step: int) -> None:
-        self._series("rto_reward", role=role).set(value)
+        self._set("rto_reward", value, step, role=role)
         self.history.append({"step": step, "role": role, "reward": value})
 
     def search(self, parallelism: float, nodes: float, tokens: float) -> None:
         """Per-problem averages of the last tree search."""
-        self._series("rto_average_parallelism").set(parallelism)
-        self._series("rto_search_nodes_per_problem").set(nodes)
-        self._series("rto_search_tokens_per_problem").set(tokens)
+        self._set("rto_average_parallelism", parallelism)
+        self._set("rto_search_nodes_per_problem", nodes)
+        self._set("rto_search_tokens_per_problem", tokens)
 
     def ppo(self, role: str, policy_loss: float, value_loss: float, entropy: float) -> None:
-        self._series("rto_policy_loss", role=role).set(policy_loss)
-        self._series("rto_value_loss", role=role).set(value_loss)
-        self._series("rto_policy_entropy", role=role).set(entropy)
+        self._set("rto_policy_loss", policy_loss, role=role)
+        self._set("rto_value_loss", value_loss, role=role)
+        self._set("rto_policy_entropy", entropy, role=role)
 
     def progress(self, done: float) -> None:
-        self._series("rto_stage_progress_ratio").set(min(max(done, 0.0), 1.0))
+        self._set("rto_stage_progress_ratio", min(max(done, 0.0), 1.0))
 
     def mfu(self, role: str, value: float) -> None:
-        self._series("rto_mfu_ratio", role=role).set(value)
+        self._set("rto_mfu_ratio", value, role=role)
 
     def serve(self, port: int | None = None) -> int | None:
         """Start the /metrics endpoint; returns the port, or None when it could not start."""

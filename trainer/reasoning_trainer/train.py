@@ -18,6 +18,7 @@ from .checkpoints import StopRequest, read_json, write_json
 from .job import StageJob, load_job
 from .metrics import StageMetrics
 from .stage_result import StageResult, termination_message, write_termination_message
+from .tracking import Trackers
 from .training import StageInterrupted, is_main_process
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,13 @@ def main(stage: str, plan_path: str, metrics_port: int | None = None) -> int:
         return 0
     metrics = StageMetrics(job.run, job.namespace, stage)
     metrics.serve(metrics_port)
-    code = _run_stage(job, stage, metrics)
+    if is_main_process():  # one set of experiment-tracking runs per stage, from rank 0
+        metrics.trackers = Trackers.open(job.spec.tracking, job.paths.stage(stage), job.run, job.namespace, stage)
+    try:
+        code = _run_stage(job, stage, metrics)
+    finally:
+        if metrics.trackers is not None:
+            metrics.trackers.close()
     if code != EXIT_INTERRUPTED:  # a stopped pod spends its grace period on the checkpoint instead
         metrics.linger()
     return code

@@ -67,7 +67,7 @@ def training_arguments(stage: TrainingStageSpec, plan: dict, output_dir: Path, d
         warmup_steps=stage.warmup_ratio,
         weight_decay=stage.weight_decay,
         optim="adamw_bnb_8bit" if stage.optimizer == "adamw-8bit" else "adamw_torch",
-        gradient_checkpointing=bool(plan.get("gradient_checkpointing")),
+        activation_checkpointing=bool(plan.get("gradient_checkpointing")),
         bf16=on_gpu and dtype == "bfloat16",
         fp16=on_gpu and dtype == "float16",
         use_cpu=not on_gpu,

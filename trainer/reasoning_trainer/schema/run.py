@@ -11,6 +11,7 @@ from .cluster import ClusterFields
 from .data import DataSpec
 from .models import ModelsSpec
 from .stages import StagesSpec
+from .tracking import TrackingSpec
 
 GROUP = "reasoning.dev"
 VERSION = "v1alpha1"
@@ -31,6 +32,8 @@ class RunSpec(ClusterFields):
     data: DataSpec = Field(default_factory=DataSpec, description="Training problems, trace pool, benchmarks.")
     stages: StagesSpec = Field(default_factory=StagesSpec,
                                description="select, sft, rl and eval; a stage left out does not run.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec,
+                                   description="Experiment tracking: TensorBoard (on by default), MLflow, W&B.")
 
     def enabled_stages(self) -> list[str]:
         return [name for name in STAGE_ORDER if (stage := getattr(self.stages, name)) and stage.enabled]
