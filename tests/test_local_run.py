@@ -23,6 +23,17 @@ def test_local_run_trains_every_stage_reports_and_resumes(tmp_path):
     root = tmp_path / "outputs" / "small"
     for stage in ("select", "sft", "eval"):
         assert (root / stage / "results.json").is_file()
+    # One line per finished stage: what it achieved, and its peak memory against the plan's estimate,
+    # which for a CPU stage is within 25% of the process's peak RSS.
+    for stage in ("select", "sft", "eval"):
+        line = next(line for line in first.stdout.splitlines() if line.startswith(f"[{stage}] done in "))
+        result = json.loads((root / stage / "results.json").read_text())
+        measured, planned = result["peakMemoryBytes"]["cpu"] / 2**30, result["plan"]["memory_gib"]
+        assert f"peak memory {measured:.2f} GiB (planned {planned:.2f})" in line
+        assert abs(planned - measured) <= 0.25 * measured, (stage, planned, measured)
+    # The libraries' own logs, bars and warnings stay out of the console without -v.
+    for noise in ("{'loss'", "it/s]", "LOAD REPORT", "gemm_4bit", "Warning", "[WARNING]"):
+        assert noise not in first.stdout + first.stderr, noise
     summary = first.stdout[first.stdout.index("STAGE"):]
     assert [line.split()[0] for line in summary.splitlines()[1:4]] == ["select", "sft", "eval"]
     report = (root / "report.html").read_text()

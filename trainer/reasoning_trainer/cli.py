@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--plan", required=True, help="plan file written by the operator or rto run")
     train.add_argument("--metrics-port", type=int, help="Prometheus port (default $RTO_METRICS_PORT or 9400; "
                                                         "0 turns the endpoint off)")
+    _console_arguments(train)
     train.set_defaults(handler=_train)
 
     run = commands.add_parser("run", help="run every stage of a run on this machine (--local)")
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="outputs", help="folder for the run's outputs (default: outputs)")
     run.add_argument("--restart", action="store_true", help="discard earlier outputs of this run and start over")
     run.add_argument("--gpu-memory", metavar="QUANTITY", type=_quantity, help="plan for this GPU memory")
+    _console_arguments(run)
     run.set_defaults(handler=_run)
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator (needs the [operator] extra)")
@@ -83,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
 
     operator_commands.add_commands(commands)
     return parser
+
+
+def _console_arguments(parser: argparse.ArgumentParser) -> None:
+    from .console import LOG_FORMAT_ENV, VERBOSE_ENV
+
+    parser.add_argument("-v", "--verbose", action="store_true", default=os.environ.get(VERBOSE_ENV) == "1",
+                        help="also show the libraries' own logs, progress bars and warnings")
+    parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get(LOG_FORMAT_ENV) or "text",
+                        help="json: one JSON object per log line, for a cluster's log pipeline")
 
 
 def _quantity(value: str) -> str:
@@ -97,26 +108,24 @@ def _quantity(value: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from . import console
+
+    console.setup(args.verbose, args.log_format)
     from . import train
 
-    _log_to_stderr()
     return train.main(args.stage, args.plan, args.metrics_port)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from . import console
+
+    console.setup(args.verbose, args.log_format)
     from . import local
 
-    _log_to_stderr()
     try:
         return local.main(args.filename, args.output, args.restart, args.gpu_memory)
     except (RunValidationError, PlanError) as error:
         return _fail(error)
-
-
-def _log_to_stderr() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _plan(args: argparse.Namespace) -> int:

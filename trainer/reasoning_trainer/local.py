@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .checkpoints import read_json, write_json
+from .console import duration
 from .job import RunPaths, plan_document
 from .planner import plan_run
 from .schema import load_run_file
@@ -39,6 +40,7 @@ def main(filename: str, output: str, restart: bool = False, gpu_memory: str | No
             reason = _termination_reason(paths, stage)
             print(f"[{stage}] failed (exit {code}): {reason}", file=sys.stderr)
             return 1
+        print(result_line(stage, read_json(paths.results(stage))), flush=True)
     results = {stage: read_json(paths.results(stage)) for stage in spec.enabled_stages()}
     print(summary_table(results))
     from .report import write_report  # matplotlib is only needed here
@@ -63,6 +65,21 @@ def _termination_reason(paths: RunPaths, stage: str) -> str:
     return json.loads(log.read_text()).get("reason", "unknown")
 
 
+def result_line(stage: str, result: dict) -> str:
+    """What a finished stage achieved, what it took, and its memory against the plan's estimate."""
+    parts = [f"[{stage}] done in {duration(result['durationSeconds'])}"]
+    if result.get("accuracy") is not None:
+        parts.append(f"accuracy {result['accuracy']:.1%}")
+    highlights = _highlights(result.get("metrics") or {}, 3)
+    if highlights:
+        parts.append(highlights)
+    peak = max((result.get("peakMemoryBytes") or {}).values(), default=None)
+    if peak:
+        planned = (result.get("plan") or {}).get("memory_gib")
+        parts.append(f"peak memory {peak / 2**30:.2f} GiB" + (f" (planned {planned:.2f})" if planned else ""))
+    return "; ".join(parts)
+
+
 def summary_table(results: dict[str, dict]) -> str:
     rows = [["STAGE", "TIME", "ACCURACY", "HIGHLIGHTS"]]
     for stage, result in results.items():
@@ -73,11 +90,11 @@ def summary_table(results: dict[str, dict]) -> str:
     return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths)), row[3]]) for row in rows)
 
 
-def _highlights(metrics: dict) -> str:
+def _highlights(metrics: dict, most: int = 6) -> str:
     shown = []
     for key, value in metrics.items():
         if isinstance(value, float):
             shown.append(f"{key} {value:.3f}")
         else:
             shown.append(f"{key} {value}")
-    return ", ".join(shown[:6])
+    return ", ".join(shown[:most])

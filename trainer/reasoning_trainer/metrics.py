@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from .console import StageProgress
 from .tracking import Trackers, metric_key
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class StageMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     history: list[dict] = field(default_factory=list)
     trackers: Trackers | None = None
+    display: StageProgress | None = None  # the console's progress bar or lines
 
     def __post_init__(self) -> None:
         self._base = {"run": self.run, "namespace": self.namespace, "stage": self.stage}
@@ -130,7 +132,10 @@ class StageMetrics:
         self._set("rto_policy_entropy", entropy, role=role)
 
     def progress(self, done: float) -> None:
-        self._set("rto_stage_progress_ratio", min(max(done, 0.0), 1.0))
+        done = min(max(done, 0.0), 1.0)
+        self._set("rto_stage_progress_ratio", done)
+        if self.display is not None:
+            self.display.update(done)
 
     def mfu(self, role: str, value: float) -> None:
         self._set("rto_mfu_ratio", value, role=role)

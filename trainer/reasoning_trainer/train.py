@@ -14,7 +14,9 @@ import time
 import traceback
 from datetime import datetime, timezone
 
+from . import console
 from .checkpoints import StopRequest, read_json, write_json
+from .console import StageProgress
 from .job import StageJob, load_job
 from .metrics import StageMetrics
 from .stage_result import StageResult, termination_message, write_termination_message
@@ -47,11 +49,15 @@ def main(stage: str, plan_path: str, metrics_port: int | None = None) -> int:
         return 0
     metrics = StageMetrics(job.run, job.namespace, stage)
     metrics.serve(metrics_port)
-    if is_main_process():  # one set of experiment-tracking runs per stage, from rank 0
+    if is_main_process():  # one progress display and one set of tracking runs per stage, from rank 0
         metrics.trackers = Trackers.open(job.spec.tracking, job.paths.stage(stage), job.run, job.namespace, stage)
+        metrics.display = StageProgress(stage)
+    console.quiet_libraries()
     try:
         code = _run_stage(job, stage, metrics)
     finally:
+        if metrics.display is not None:
+            metrics.display.close()
         if metrics.trackers is not None:
             metrics.trackers.close()
     if code != EXIT_INTERRUPTED:  # a stopped pod spends its grace period on the checkpoint instead

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
+from . import console
 from .checkpoints import StopRequest, latest_complete, mark_complete
 from .metrics import StageMetrics
 from .schema.stages import TrainingStageSpec
@@ -81,7 +83,7 @@ def training_arguments(stage: TrainingStageSpec, plan: dict, output_dir: Path, d
         remove_unused_columns=False,
         dataloader_num_workers=0,
         seed=0,
-        disable_tqdm=False,
+        disable_tqdm=not console.verbose(),  # the stage's own progress bar says how far it is
         include_num_input_tokens_seen=True,
     )
 
@@ -102,6 +104,8 @@ def train(trainer: Trainer, role: str, metrics: StageMetrics, stop: StopRequest,
     resume = latest_complete(Path(trainer.args.output_dir))
     watcher = _Watcher(role, metrics, stop, progress_span)
     trainer.add_callback(watcher)
+    if not console.verbose():
+        trainer.remove_callback(PrinterCallback)  # raw log dicts; the watcher records the same values
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.requested:

@@ -35,6 +35,10 @@ LOGIT_BYTES = 10
 # 24 measured training and generation steps (bench/RESULTS.md): mean error 9%.
 FRAGMENTATION = 1.10
 RUNTIME_OVERHEAD_GIB = 1.75
+# A CPU stage process before its tensors: Python, torch, transformers, peft and DeepSpeed loaded
+# (0.38 GiB right after the imports) plus the allocator's arenas. Fitted on the tiny run's four
+# stages on 2 cores against their peak RSS (bench/RESULTS.md): every stage within 25%.
+CPU_RUNTIME_OVERHEAD_GIB = 0.50
 
 
 @dataclass
@@ -42,19 +46,20 @@ class Estimate:
     """Named components in GiB for one device; ``total`` includes runtime overhead."""
 
     parts: dict[str, float] = field(default_factory=dict)
+    overhead_gib: float = RUNTIME_OVERHEAD_GIB  # what the process holds outside these parts
 
     def add(self, name: str, nbytes: float) -> None:
         self.parts[name] = self.parts.get(name, 0.0) + nbytes / GIB
 
     def merged(self, other: Estimate) -> Estimate:
-        combined = Estimate(dict(self.parts))
+        combined = Estimate(dict(self.parts), self.overhead_gib)
         for name, gib in other.parts.items():
             combined.parts[name] = combined.parts.get(name, 0.0) + gib
         return combined
 
     @property
     def total(self) -> float:
-        return sum(self.parts.values()) * FRAGMENTATION + RUNTIME_OVERHEAD_GIB
+        return sum(self.parts.values()) * FRAGMENTATION + self.overhead_gib
 
 
 def weight_bytes(arch: Architecture, dtype: str, load_in_8bit: bool) -> float:

@@ -19,7 +19,7 @@ from ..schema.run import RunSpec
 from ..schema.stages import StageSpec, TrainingStageSpec
 from .architectures import Architecture, UnknownArchitecture, architecture_for
 from .memory import (
-    Estimate, TrainingSetup, forward_workspace_bytes, inference_weights, kv_cache_bytes,
+    CPU_RUNTIME_OVERHEAD_GIB, Estimate, TrainingSetup, forward_workspace_bytes, inference_weights, kv_cache_bytes,
     policy_network_bytes, training_estimate,
 )
 
@@ -143,6 +143,10 @@ def plan_run(spec: RunSpec, gpu_memory: str | None = None) -> RunPlan:
             stages[name] = planned
     if issues:
         raise PlanError(issues)
+    if context.gpu_memory_gib is None:  # a CPU process holds no CUDA context, but its libraries
+        for planned in stages.values():
+            for device in planned.devices:
+                device.overhead_gib = CPU_RUNTIME_OVERHEAD_GIB
     return RunPlan(spec.device, context.gpu_memory_gib, stages)
 
 
