@@ -90,7 +90,8 @@ def test_schema_planner_and_crd_import_without_torch():
 
 def test_make_install_puts_a_working_rto_on_the_path(tmp_path):
     bindir = tmp_path / "bin"
-    made = subprocess.run(["make", "-s", "install", f"BINDIR={bindir}"], cwd=ROOT, capture_output=True, text=True,
+    # -o: the venv this test runs in is the one to link, whatever the timestamps say
+    made = subprocess.run(["make", "-s", "-o", ".venv/.installed", "install", f"BINDIR={bindir}"], cwd=ROOT, capture_output=True, text=True,
                           env={"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path)})
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip() == f"rto is on your PATH: {bindir}/rto"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,7 +27,7 @@ from reasoning_trainer.schema.validate import load_run_document, validate_resour
 from . import connect, retry
 from .admission import Rejected, admit
 from .connect import Cluster, CommandError, describe
-from .desired import CONTAINER, RUN_LABEL, STAGE_LABEL
+from .desired import CONTAINER, RESTRICTED_CONTAINER, RUN_LABEL, STAGE_LABEL, TRAINER_GID, TRAINER_UID, Run
 
 FINISHED = ("Succeeded", "Failed")
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -49,6 +51,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                                           "checkpoint and metrics per stage")
     results.add_argument("run", metavar="RUN")
     results.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    report = _command(commands, "report", write_cluster_report, "write a run's report.html from the results on "
+                                                                "its volume (read by a short pod)")
+    report.add_argument("run", metavar="RUN")
+    report.add_argument("--output", metavar="FILE", help="where to write it (default: ./<run>-report.html)")
+    report.add_argument("--image", help="image of the reader pod (default: the run's trainer image)")
+    report.add_argument("--timeout", type=float, default=300, metavar="SECONDS",
+                        help="longest wait for the reader pod (default: 300)")
     retry_parser = _command(commands, "retry", retry.run, "rerun a run's failed stages, each from its last "
                                                           "checkpoint")
     retry_parser.add_argument("run", metavar="RUN")
@@ -272,6 +281,107 @@ def _speaking_pod(pods: list[Any]) -> Any:
         index = (pod.metadata.annotations or {}).get(COMPLETION_INDEX, "0")
         return index == "0", pod.metadata.creation_timestamp or datetime.min.replace(tzinfo=timezone.utc)
     return max(pods, key=rank)
+
+
+# Run by the reader pod: every stage's results.json under the run's folder, as one JSON object.
+READ_RESULTS = """import json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+found = {stage: json.loads((root / stage / "results.json").read_text())
+         for stage in ("select", "sft", "rl", "eval") if (root / stage / "results.json").is_file()}
+print(json.dumps(found))
+"""
+
+
+def write_cluster_report(args: argparse.Namespace) -> int:
+    """The report a local run writes, for a run on the cluster: a pod mounts the run's claim
+    read-only and prints its stages' results, and the report is drawn here."""
+    cluster = connect.connect(args)
+    body = cluster.run(args.run)
+    status = body.get("status") or {}
+    if not status.get("outputDir"):
+        raise CommandError(f"{args.run} has not started (phase {status.get('phase', 'Pending')}): no results yet")
+    pod = reader_pod(body, args.image or _trainer_image(cluster, body))
+    name = pod["metadata"]["name"]
+    try:
+        cluster.core.create_namespaced_pod(cluster.namespace, pod)
+    except cluster.errors as error:
+        raise CommandError(f"creating the reader pod: {describe(error)}") from None
+    try:
+        print(f"reading {status['outputDir']} through pod {name} ...", file=sys.stderr, flush=True)
+        _wait_for_pod(cluster, name, args.timeout)
+        try:
+            printed = cluster.core.read_namespaced_pod_log(name, cluster.namespace, container="reader")
+        except cluster.errors as error:
+            raise CommandError(f"reading the log of the reader pod {name}: {describe(error)}") from None
+    finally:
+        try:
+            cluster.core.delete_namespaced_pod(name, cluster.namespace, grace_period_seconds=0)
+        except cluster.errors:
+            pass  # it has an owner: the run; it goes with the run at the latest
+    try:
+        results = json.loads(printed)
+    except ValueError:
+        raise CommandError(f"the reader pod printed no results: {printed[-300:]!r}") from None
+    if not results:
+        raise CommandError(f"no stage of {args.run} has finished results in {status['outputDir']}")
+    try:
+        from reasoning_trainer.report import write_report
+    except ImportError:
+        raise CommandError("drawing the report needs matplotlib: pip install 'reasoning-operator[train]'") from None
+    target = write_report(args.run, results, Path(args.output or f"{args.run}-report.html"))
+    print(f"report: {target} (stages {', '.join(results)})")
+    return 0
+
+
+def reader_pod(body: dict[str, Any], image: str) -> dict[str, Any]:
+    run = Run.from_body(body)
+    storage = (body.get("spec") or {}).get("storage") or {}
+    claim = storage.get("existingClaim") or f"{run.name}-data"
+    metadata = run.metadata(f"{run.name}-report-{secrets.token_hex(3)}")
+    metadata["labels"][f"{GROUP}/role"] = "report-reader"
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": {
+        "restartPolicy": "Never", "automountServiceAccountToken": False, "activeDeadlineSeconds": 600,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_GID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "reader", "image": image, "command": ["python", "-c", READ_RESULTS],
+                        "args": [(body.get("status") or {})["outputDir"]],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+                        "securityContext": dict(RESTRICTED_CONTAINER)}],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]}}
+
+
+def _trainer_image(cluster: Cluster, body: dict[str, Any]) -> str:
+    """The image the run's stages ran with: its spec's, else a stage Job's (the operator's default)."""
+    image = (body.get("spec") or {}).get("image")
+    if image:
+        return image
+    try:
+        jobs = cluster.batch.list_namespaced_job(cluster.namespace,
+                                                 label_selector=f"{RUN_LABEL}={body['metadata']['name']}").items
+    except cluster.errors as error:
+        raise CommandError(f"listing the run's Jobs for their image: {describe(error)}") from None
+    if jobs:
+        return jobs[0].spec.template.spec.containers[0].image
+    raise CommandError("the run's Jobs are gone, so their image is unknown: pass --image <the trainer image>")
+
+
+def _wait_for_pod(cluster: Cluster, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pod = cluster.core.read_namespaced_pod(name, cluster.namespace)
+        except cluster.errors as error:
+            raise CommandError(f"reading the reader pod {name}: {describe(error)}") from None
+        phase = pod.status.phase
+        if phase == "Succeeded":
+            return
+        if phase == "Failed":
+            raise CommandError(f"the reader pod {name} failed: {pod.status.message or pod.status.reason or ''}")
+        if time.monotonic() > deadline:
+            waiting = [condition.message for condition in pod.status.conditions or [] if condition.message]
+            raise CommandError(f"the reader pod {name} did not finish within {timeout:.0f} s (phase {phase}"
+                               f"{': ' + waiting[0] if waiting else ''}); kubectl describe pod {name} says why")
+        time.sleep(1)
 
 
 def delete_run(args: argparse.Namespace) -> int:

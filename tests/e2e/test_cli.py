@@ -4,9 +4,11 @@ submit (refusing what the operator would), status, results, logs, delete."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import yaml
+from kit import wait_for
 from test_operator import RESULT, cluster, kwok, namespace, rto, start_operator, status, tiny_run  # noqa: F401
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +59,23 @@ def test_a_run_submitted_watched_inspected_and_deleted_with_rto(cluster, namespa
     logs = rto(cluster, "logs", "daily", "--stage", "sft", "-n", namespace)
     assert logs.returncode == 1 and "Traceback" not in logs.stderr
     assert logs.stderr.startswith("==> pod daily-sft-") and "rto logs: reading the log of pod daily-sft-" in logs.stderr
+
+    # The report's reader pod: the run's claim read-only, the restricted standard, owned by the run.
+    # The kit runs no container, so it never finishes: the command says so and removes the pod.
+    created = []
+    watcher = threading.Thread(target=lambda: created.append(wait_for(
+        lambda: cluster.core.list_namespaced_pod(namespace, label_selector="reasoning.dev/role=report-reader").items,
+        30, "the reader pod")[0]))
+    watcher.start()
+    report = rto(cluster, "report", "daily", "-n", namespace, "--timeout", "3")
+    watcher.join()
+    assert report.returncode == 1 and "did not finish within 3 s (phase" in report.stderr
+    reader = created[0]
+    assert reader.spec.volumes[0].persistent_volume_claim.claim_name == "daily-data"
+    assert reader.spec.volumes[0].persistent_volume_claim.read_only and reader.spec.security_context.run_as_non_root
+    assert reader.spec.containers[0].args == [status(cluster, namespace, "daily")["outputDir"]]
+    assert reader.metadata.owner_references[0].name == "daily"
+    assert not cluster.core.list_namespaced_pod(namespace, label_selector="reasoning.dev/role=report-reader").items
 
     again = rto(cluster, "submit", "-f", manifest, "-n", namespace)
     assert again.returncode == 1 and f"{namespace}/daily already exists (Succeeded)" in again.stderr

@@ -1,9 +1,13 @@
-"""report.html for a local run: loss and accuracy against step, time and memory per stage,
-the select stage's score histogram. PNG charts (matplotlib, no display needed)."""
+"""report.html of a run: one self-contained file (charts embedded), readable without the outputs
+folder. Per stage what it did and what it cost; every chart on axes of one quantity, with a
+caption saying what it shows and how to read it."""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -12,22 +16,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    caption: str
+    png: bytes
+
+    def html(self) -> str:
+        data = base64.b64encode(self.png).decode("ascii")
+        return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(self.title)}">'
+                f"<figcaption><b>{html.escape(self.title)}.</b> {html.escape(self.caption)}</figcaption></figure>")
+
+
 def write_report(run: str, results: dict[str, dict], target: Path) -> Path:
-    folder = target.parent / "charts"
-    folder.mkdir(parents=True, exist_ok=True)
     charts = [chart for chart in (
-        _loss_chart(results, folder / "loss.png"),
-        _accuracy_chart(results, folder / "accuracy.png"),
-        _time_chart(results, folder / "time.png"),
-        _memory_chart(results, folder / "memory.png"),
-        _histogram_chart(results.get("select"), folder / "select-scores.png"),
+        _loss_chart(results), _accuracy_chart(results), _curves_chart(results, "accuracy"),
+        _curves_chart(results, "reward"), _time_chart(results), _memory_chart(results),
+        _histogram_chart(results.get("select")),
     ) if chart is not None]
     body = [f"<h1>Run {html.escape(run)}</h1>", _results_table(results), _intervals_table(results)]
-    body += [f'<figure><img src="charts/{chart.name}" alt="{chart.stem}"><figcaption>{chart.stem}</figcaption></figure>'
-             for chart in charts]
+    body += [chart.html() for chart in charts]
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("<!doctype html><meta charset=utf-8><title>reasoning-operator run "
                       f"{html.escape(run)}</title><style>body{{font-family:sans-serif;max-width:980px}}"
-                      "td,th{padding:4px 10px;text-align:left}img{max-width:100%}</style>" + "\n".join(body))
+                      "td,th{padding:4px 10px;text-align:left}img{max-width:100%}"
+                      "figcaption{color:#444;max-width:760px}</style>" + "\n".join(body))
     return target
 
 
@@ -60,68 +73,93 @@ def _intervals_table(results: dict[str, dict]) -> str:
     return head + "".join(rows) + "</table>"
 
 
-def _loss_chart(results, path: Path) -> Path | None:
+def _loss_chart(results) -> Chart | None:
+    """One panel per stage and model: PRM, SFT and PPO losses live on different scales."""
     series = {}
     for stage, result in results.items():
         for point in result.get("history", []):
             if "loss" in point:
-                series.setdefault(f"{stage} {point['role']}", []).append((point["step"], point["loss"]))
-    return _lines(series, "step", "loss", "Training loss", path)
+                series.setdefault(f"{stage}: {point['role']}", []).append((point["step"], point["loss"]))
+    if not series:
+        return None
+    figure, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.2), squeeze=False)
+    for ax, (label, points) in zip(axes[0], series.items()):
+        ax.plot(*zip(*points), color="tab:red")
+        ax.set_title(label)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+    return Chart("Training loss", "One panel per stage and trained model, each on its own scale. A curve that "
+                                  "falls and flattens has converged; one still falling at the end has room for "
+                                  "more epochs; a rise means the learning rate is too high.", _png(figure))
 
 
-def _accuracy_chart(results, path: Path) -> Path | None:
-    """Final accuracies as bars; accuracy and reward against step where a stage logged several."""
-    curves = {}
-    for stage, result in results.items():
-        for point in result.get("history", []):
-            if point.get("step") is None:
-                continue
-            if "accuracy" in point:
-                label = f"{stage} {point['benchmark']} {point['metric']}"
-                curves.setdefault(label, []).append((point["step"], point["accuracy"]))
-            elif "reward" in point:
-                curves.setdefault(f"{stage} reward", []).append((point["step"], point["reward"]))
-    curves = {label: points for label, points in curves.items() if len(points) > 1}
+def _accuracy_chart(results) -> Chart | None:
     bars = {f"{stage}: {key}": value for stage, result in results.items()
             for key, value in result["metrics"].items()
             if isinstance(value, float) and ("accuracy" in key or "@" in key)}
-    if not curves and not bars:
+    if not bars:
         return None
-    figure, axes = plt.subplots(1, 2 if curves and bars else 1, figsize=(12, 4.5), squeeze=False)
-    axes = list(axes[0])
-    if bars:
-        ax = axes.pop(0)
-        ax.barh(list(bars), list(bars.values()), color="tab:green")
-        ax.set_xlim(0, 1)
-        ax.set_title("Accuracy")
-    if curves:
-        ax = axes.pop(0)
-        for label, points in curves.items():
-            ax.plot(*zip(*points), label=label)
-        ax.set_xlabel("step / iteration")
-        ax.set_title("Accuracy and reward against step")
-        ax.legend()
-    return _save(figure, path)
+    figure, ax = plt.subplots(figsize=(8, 0.32 * len(bars) + 1))
+    ax.barh(list(bars), list(bars.values()), color="tab:green")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy (fraction of problems right)")
+    ax.invert_yaxis()
+    return Chart("Accuracy at the end of each stage", "Held-out accuracy before and after training, and each "
+                 "eval method per benchmark (pass@1: greedy answer; majority@k: vote of k samples; rm@k: the "
+                 "sample the PRM scores best; pgts: the PGTS policy's search). The 95% intervals are in the "
+                 "table above: bars closer than those intervals do not differ.", _png(figure))
 
 
-def _time_chart(results, path: Path) -> Path:
+def _curves_chart(results, quantity: str) -> Chart | None:
+    """Accuracy (or reward) against the training step, where a stage logged it more than once."""
+    curves = {}
+    for stage, result in results.items():
+        for point in result.get("history", []):
+            if point.get("step") is None or quantity not in point:
+                continue
+            label = f"{stage} {point.get('benchmark', '')} {point.get('metric', point.get('role', ''))}".strip()
+            curves.setdefault(label, []).append((point["step"], point[quantity]))
+    curves = {label: points for label, points in curves.items() if len(points) > 1}
+    if not curves:
+        return None
+    figure, ax = plt.subplots(figsize=(7, 3.5))
+    for label, points in curves.items():
+        ax.plot(*zip(*points), label=label)
+    ax.set_xlabel("step / iteration")
+    ax.set_ylabel(quantity)
+    ax.legend()
+    if quantity == "accuracy":
+        return Chart("Accuracy during training", "Accuracy on the stage's own problems as training goes on "
+                     "(for RL, the rollouts' accuracy): a rising line is learning; compare its end with the "
+                     "held-out figures above.", _png(figure))
+    return Chart("Reward during RL", "Mean reward of each RL iteration's rollouts (PRM score plus the answer "
+                 "bonus): it should rise; a flat line means the policy is not learning from the reward.",
+                 _png(figure))
+
+
+def _time_chart(results) -> Chart:
     figure, ax = plt.subplots(figsize=(6, 3))
     ax.bar(list(results), [result["durationSeconds"] for result in results.values()], color="tab:blue")
     ax.set_ylabel("seconds")
-    ax.set_title("Time per stage")
-    return _save(figure, path)
+    return Chart("Time per stage", "Wall time of each stage, model loading and checkpoints included.",
+                 _png(figure))
 
 
-def _memory_chart(results, path: Path) -> Path:
+def _memory_chart(results) -> Chart:
     figure, ax = plt.subplots(figsize=(6, 3))
     peaks = {stage: max(result.get("peakMemoryBytes", {"-": 0}).values()) / 2**30 for stage, result in results.items()}
-    ax.bar(list(peaks), list(peaks.values()), color="tab:orange")
-    ax.set_ylabel("GiB (peak)")
-    ax.set_title("Peak memory per stage")
-    return _save(figure, path)
+    planned = {stage: (result.get("plan") or {}).get("memory_gib") for stage, result in results.items()}
+    ax.bar(list(peaks), list(peaks.values()), color="tab:orange", label="measured peak")
+    ax.scatter([stage for stage in planned if planned[stage]], [value for value in planned.values() if value],
+               color="black", marker="_", s=400, label="planned")
+    ax.set_ylabel("GiB")
+    ax.legend()
+    return Chart("Peak memory per stage", "Bars: the most memory the stage held (per GPU: tensors; on CPU: the "
+                 "process's resident memory). Black marks: the planner's estimate the stage was sized by.",
+                 _png(figure))
 
 
-def _histogram_chart(result: dict | None, path: Path) -> Path | None:
+def _histogram_chart(result: dict | None) -> Chart | None:
     if not result or "histogram" not in result.get("details", {}):
         return None
     histogram = result["details"]["histogram"]
@@ -131,26 +169,16 @@ def _histogram_chart(result: dict | None, path: Path) -> Path | None:
     ax.bar(edges[:-1], histogram["pool"], width=width, align="edge", alpha=0.5, label="pool")
     ax.bar(edges[:-1], histogram["kept"], width=width, align="edge", alpha=0.8, label="kept")
     ax.set_xlabel("PRM trace score")
-    ax.set_title("Select: PRM scores of the pool")
+    ax.set_ylabel("traces")
     ax.legend()
-    return _save(figure, path)
+    return Chart("Select: PRM scores of the trace pool", "How the PRM scored every trace of the pool, and which "
+                 "were kept for SFT: the kept ones should sit at the high end. A pool whose scores bunch "
+                 "together means the PRM cannot tell traces apart.", _png(figure))
 
 
-def _lines(series: dict, xlabel: str, ylabel: str, title: str, path: Path) -> Path | None:
-    if not series:
-        return None
-    figure, ax = plt.subplots(figsize=(7, 3.5))
-    for label, points in series.items():
-        ax.plot(*zip(*points), label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend()
-    return _save(figure, path)
-
-
-def _save(figure, path: Path) -> Path:
+def _png(figure) -> bytes:
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
-    return path
+    return buffer.getvalue()
