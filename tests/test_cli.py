@@ -91,7 +91,8 @@ def test_schema_planner_and_crd_import_without_torch():
 def test_make_install_puts_a_working_rto_on_the_path(tmp_path):
     bindir = tmp_path / "bin"
     # -o: the venv this test runs in is the one to link, whatever the timestamps say
-    made = subprocess.run(["make", "-s", "-o", ".venv/.installed", "install", f"BINDIR={bindir}"], cwd=ROOT, capture_output=True, text=True,
+    made = subprocess.run(["make", "-s", "-o", ".venv/.installed", "install", f"BINDIR={bindir}"], cwd=ROOT,
+                          capture_output=True, text=True,
                           env={"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path)})
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip() == f"rto is on your PATH: {bindir}/rto"
@@ -104,3 +105,28 @@ def test_a_closed_pipe_ends_rto_quietly():
     piped = subprocess.run(f"'{RTO}' presets | head -1", shell=True,
                            capture_output=True, text=True)
     assert piped.stdout.startswith("2gpu ") and piped.stderr == ""
+
+
+def fake_run(folder: Path, sft_seconds: float, accuracy: float) -> Path:
+    for stage, seconds in (("sft", sft_seconds), ("eval", 10.0)):
+        (folder / stage).mkdir(parents=True)
+        result = {"durationSeconds": seconds, "accuracy": accuracy, "peakMemoryBytes": {"cpu": 2**29},
+                  "metrics": {"arithmetic/pass@1": accuracy} if stage == "eval" else {},
+                  "history": [{"step": step, "role": "generator", "loss": 1 / step} for step in (1, 2, 3)]
+                  if stage == "sft" else []}
+        (folder / stage / "results.json").write_text(json.dumps(result))
+    return folder
+
+
+def test_rto_compare_draws_one_bar_or_line_per_run(tmp_path, capsys):
+    full = fake_run(tmp_path / "full-pool", 300.0, 0.61)
+    selected = fake_run(tmp_path / "selected", 60.0, 0.63)
+    target = tmp_path / "compare.html"
+    assert main(["compare", str(full), str(selected), "--output", str(target)]) == 0
+    assert capsys.readouterr().out == f"comparison: {target} (full-pool, selected)\n"
+    page = target.read_text()
+    assert "<h1>Compare full-pool, selected</h1>" in page and "<td>full-pool</td><td>sft, eval</td><td>310</td>" in page
+    for title in ("Accuracy by run", "Time per stage by run", "Peak memory per stage by run", "Training loss by run"):
+        assert f"<figcaption><b>{title}.</b>" in page
+    assert main(["compare", str(tmp_path / "empty")]) == 1
+    assert "holds no stage results" in capsys.readouterr().err

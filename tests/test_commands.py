@@ -50,3 +50,12 @@ def test_the_reader_pods_results_become_the_same_report_as_a_local_run(tmp_path,
     report = target.read_text()
     assert "<h1>Run daily</h1>" in report and 'alt="Training loss"' in report
     assert capsys.readouterr().out == f"report: {target} (stages sft)\n"
+
+
+def test_rto_logs_prints_a_stage_pods_json_log_lines_as_text():
+    line = json.dumps({"time": "2026-12-01T10:50:10", "level": "INFO", "logger": "reasoning_trainer",
+                       "message": "[sft] 40% done, about 12s left"})
+    assert commands.as_text(line) == "10:50:10 INFO reasoning_trainer: [sft] 40% done, about 12s left"
+    assert commands.as_text("Traceback (most recent call last):") == "Traceback (most recent call last):"
+    assert commands.as_text("{not json") == "{not json"
+    assert list(commands._lines([b"first\nsec", b"ond\nthird"])) == ["first", "second", "third"]

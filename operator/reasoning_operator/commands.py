@@ -267,12 +267,33 @@ def show_logs(args: argparse.Namespace) -> int:
         response = cluster.core.read_namespaced_pod_log(pod.metadata.name, cluster.namespace, container=CONTAINER,
                                                         follow=args.follow, tail_lines=args.tail,
                                                         _preload_content=False)
-        for chunk in response.stream(4096):
-            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-            sys.stdout.flush()
+        for line in _lines(response.stream(4096)):
+            print(as_text(line), flush=True)
     except cluster.errors as error:
         raise CommandError(f"reading the log of pod {pod.metadata.name}: {describe(error)}") from None
     return 0
+
+
+def _lines(chunks) -> Any:
+    pending = ""
+    for chunk in chunks:
+        pending += chunk.decode("utf-8", errors="replace")
+        *complete, pending = pending.split("\n")
+        yield from complete
+    if pending:
+        yield pending
+
+
+def as_text(line: str) -> str:
+    """A stage's JSON log line as the text a local run prints; any other line as it is."""
+    if not line.startswith("{"):
+        return line
+    try:
+        entry = json.loads(line)
+        text = f"{entry['time'][11:19]} {entry['level']} {entry['logger']}: {entry['message']}"
+    except (ValueError, KeyError, TypeError):
+        return line
+    return text + (f"\n{entry['exception']}" if entry.get("exception") else "")
 
 
 def _speaking_pod(pods: list[Any]) -> Any:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reasoning_trainer.job import plan_document
+from reasoning_trainer.console import LOG_FORMAT_ENV
 from reasoning_trainer.metrics import LINGER_ENV
 from reasoning_trainer.planner import RunPlan
 from reasoning_trainer.schema import GROUP, KIND, VERSION, RunSpec
@@ -331,6 +332,8 @@ def _env(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], gpus_p
     env: list[dict[str, Any]] = [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": LINGER_ENV, "value": str(config.metrics_linger_seconds)},
+        # One JSON object per log line, for the cluster's log pipeline; `rto logs` prints them as text.
+        {"name": LOG_FORMAT_ENV, "value": "json"},
         # Downloads land on the run's volume, so a retried pod does not fetch the models again.
         {"name": "HF_HOME", "value": f"{DATA_DIR}/.cache/huggingface"},
     ]

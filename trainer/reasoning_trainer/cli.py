@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     _console_arguments(run)
     run.set_defaults(handler=_run)
 
+    compare = commands.add_parser("compare", help="one report comparing runs' outputs (rto run --local folders)")
+    compare.add_argument("runs", metavar="RUN_DIR", nargs="+", help="a run's output folder, e.g. outputs/tiny")
+    compare.add_argument("--output", default="compare.html", help="the report to write (default: compare.html)")
+    compare.set_defaults(handler=_compare)
+
     operator = commands.add_parser("operator", help="run the Kubernetes operator (needs the [operator] extra)")
     operator_main.add_arguments(operator)
     operator.set_defaults(handler=operator_main.run)
@@ -126,6 +131,26 @@ def _run(args: argparse.Namespace) -> int:
         return local.main(args.filename, args.output, args.restart, args.gpu_memory)
     except (RunValidationError, PlanError) as error:
         return _fail(error)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoints import read_json
+
+    runs = {}
+    for folder in map(Path, args.runs):
+        results = {stage: read_json(folder / stage / "results.json") for stage in STAGE_ORDER}
+        results = {stage: result for stage, result in results.items() if result}
+        if not results:
+            print(f"rto compare: {folder} holds no stage results (<stage>/results.json); name a run's output "
+                  f"folder such as outputs/tiny", file=sys.stderr)
+            return 1
+        runs[folder.name if folder.name not in runs else str(folder)] = results
+    from .report import write_comparison
+
+    print(f"comparison: {write_comparison(runs, Path(args.output))} ({', '.join(runs)})")
+    return 0
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -44,6 +44,84 @@ def write_report(run: str, results: dict[str, dict], target: Path) -> Path:
     return target
 
 
+def write_comparison(runs: dict[str, dict[str, dict]], target: Path) -> Path:
+    """The same figures with one bar or line per run (model sizes, full pool against the selected
+    subset, two learning rates), as the research compares configurations."""
+    charts = [chart for chart in (
+        _grouped(runs, "Accuracy by run", "accuracy (fraction of problems right)", _accuracies,
+                 "Each eval method and held-out figure, one bar per run. Differences smaller than the 95% "
+                 "intervals in each run's own report are noise."),
+        _grouped(runs, "Time per stage by run", "seconds", lambda results: {
+            stage: result["durationSeconds"] for stage, result in results.items()},
+                 "Wall time of each stage, one bar per run: for the full pool against the selected subset, "
+                 "compare the sft bars (training cost) and the rl bars."),
+        _grouped(runs, "Peak memory per stage by run", "GiB", lambda results: {
+            stage: max((result.get("peakMemoryBytes") or {"-": 0}).values()) / 2**30
+            for stage, result in results.items()},
+                 "The most memory each stage held, one bar per run."),
+        _run_lines(runs, "loss", "Training loss by run", "One panel per stage and model, one line per run."),
+        _run_lines(runs, "reward", "Reward during RL by run", "Mean rollout reward per RL iteration, one line per "
+                                                               "run."),
+    ) if chart is not None]
+    names = ", ".join(html.escape(name) for name in runs)
+    rows = ["<tr><th>run</th><th>stages</th><th>total seconds</th></tr>"] + [
+        f"<tr><td>{html.escape(name)}</td><td>{', '.join(results)}</td>"
+        f"<td>{sum(result['durationSeconds'] for result in results.values()):.0f}</td></tr>"
+        for name, results in runs.items()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("<!doctype html><meta charset=utf-8><title>reasoning-operator: compare "
+                      f"{names}</title><style>body{{font-family:sans-serif;max-width:980px}}"
+                      "td,th{padding:4px 10px;text-align:left}img{max-width:100%}"
+                      "figcaption{color:#444;max-width:760px}</style>"
+                      f"<h1>Compare {names}</h1><table>{''.join(rows)}</table>"
+                      + "\n".join(chart.html() for chart in charts))
+    return target
+
+
+def _accuracies(results: dict[str, dict]) -> dict[str, float]:
+    return {f"{stage}: {key}": value for stage, result in results.items()
+            for key, value in result["metrics"].items()
+            if isinstance(value, float) and ("accuracy" in key or "@" in key)}
+
+
+def _grouped(runs, title: str, unit: str, values, caption: str) -> Chart | None:
+    table = {name: values(results) for name, results in runs.items()}
+    labels = list(dict.fromkeys(label for found in table.values() for label in found))
+    if not labels:
+        return None
+    width = 0.8 / len(runs)
+    figure, ax = plt.subplots(figsize=(8, 0.35 * len(labels) * len(runs) + 1.2))
+    for index, (name, found) in enumerate(table.items()):
+        positions = [row + index * width for row in range(len(labels))]
+        ax.barh(positions, [found.get(label, 0.0) for label in labels], height=width, label=name)
+    ax.set_yticks([row + 0.4 - width / 2 for row in range(len(labels))], labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(unit)
+    ax.legend()
+    return Chart(title, caption, _png(figure))
+
+
+def _run_lines(runs, quantity: str, title: str, caption: str) -> Chart | None:
+    panels: dict[str, dict[str, list]] = {}
+    for name, results in runs.items():
+        for stage, result in results.items():
+            for point in result.get("history", []):
+                if quantity in point and point.get("step") is not None:
+                    panel = panels.setdefault(f"{stage}: {point.get('role', '')}", {})
+                    panel.setdefault(name, []).append((point["step"], point[quantity]))
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (label, lines) in zip(axes[0], panels.items()):
+        for name, points in lines.items():
+            ax.plot(*zip(*points), label=name)
+        ax.set_title(label)
+        ax.set_xlabel("step / iteration")
+        ax.set_ylabel(quantity)
+        ax.legend()
+    return Chart(title, caption, _png(figure))
+
+
 def _results_table(results: dict[str, dict]) -> str:
     rows = ["<tr><th>stage</th><th>seconds</th><th>accuracy</th><th>metrics</th></tr>"]
     for stage, result in results.items():
