@@ -185,6 +185,7 @@ def test_the_rl_stage_trains_the_policy_resumes_and_eval_scores_pgts(plan_file):
     assert all(math.isfinite(step["loss"]) and step["entropy"] > 0 for step in iterations)
     assert {"held_out_accuracy_before", "held_out_accuracy_after", "nodes_per_problem",
             "parallelism"} <= set(results["metrics"])
+    assert results["flops"]["generator"] > 0 and results["flops"]["rewardModel"] > 0
     saved = TreePolicy.load(job.paths.model("policy"), torch.device("cpu"))
     torch.manual_seed(0)  # the stage's initialisation
     fresh = TreePolicy(saved.feature_size, job.spec.models.policy)

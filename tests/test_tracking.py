@@ -5,6 +5,7 @@ tracker that fails never stops training."""
 from __future__ import annotations
 
 import logging
+import time
 
 from reasoning_trainer.metrics import StageMetrics
 from reasoning_trainer.schema.tracking import TrackingSpec
@@ -59,8 +60,13 @@ def test_weights_and_biases_offline_writes_a_run_to_sync_later(tmp_path):
     record(metrics)
     metrics.trackers.close()
     (run_file,) = (tmp_path / "rl" / "wandb").glob("offline-run-*/run-*.wandb")
+    # W&B's own service process writes the run file; it may finish writing just after finish().
+    keys = (b"rto_loss/generator", b"rto_accuracy_ratio/gsm8k/pass_at_1", b"trainer/step")
+    deadline = time.monotonic() + 30
+    while not all(key in run_file.read_bytes() for key in keys) and time.monotonic() < deadline:
+        time.sleep(0.5)
     logged = run_file.read_bytes()
-    for key in (b"rto_loss/generator", b"rto_accuracy_ratio/gsm8k/pass_at_1", b"trainer/step"):
+    for key in keys:
         assert key in logged, key
 
 

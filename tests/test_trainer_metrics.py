@@ -28,6 +28,7 @@ def exposition():
     metrics.ppo("policy", policy_loss=0.1, value_loss=2.0, entropy=1.2)
     metrics.progress(0.5)
     metrics.mfu("generator", 0.31)
+    metrics.flops("generator", 6.0e12)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return response.read().decode()
 

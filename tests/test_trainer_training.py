@@ -34,6 +34,17 @@ def test_sft_loss_falls_and_held_out_accuracy_rises(plan_file):
     assert curve[-1] < curve[0] / 3
     assert result["metrics"]["held_out_accuracy_after"] > result["metrics"]["held_out_accuracy_before"] + 0.1
     assert result["checkpoint"].endswith("models/generator")
+    # FLOPs: about 6 per weight per trained token (full fine-tuning), and every point of the loss
+    # curve knows how many had been spent by then.
+    from reasoning_trainer import models as trainer_models
+
+    generator = trainer_models.load_generator(load_job(path), "sft")
+    spent, tokens = result["flops"]["generator"], result["details"]["generator"]["tokens"]
+    parameters = sum(p.numel() for p in generator.parameters())
+    assert 6 * parameters * tokens <= spent <= 6.5 * parameters * tokens, "attention adds a little at 160 tokens"
+    assert result["metrics"]["flops"] == spent
+    points = [point["flops"] for point in result["history"] if point.get("role") == "generator" and "loss" in point]
+    assert points == sorted(points) and 0 < points[-1] <= spent
 
 
 def test_prm_learns_to_separate_corrupted_from_correct_solutions(plan_file):
@@ -163,6 +174,10 @@ def test_grpo_updates_the_generator_from_group_rewards_and_keeps_resumable_state
     assert result["accuracy"] == result["metrics"]["heldout_pass1_after"]
     assert 0.0 <= result["metrics"]["heldout_pass1_before"] <= 1.0
     assert result["details"]["held_out_problems"] == 8
+    # RL FLOPs: sampling, the update and the PRM's scoring, per model; the reward curve carries them.
+    assert result["flops"]["generator"] > 0 and result["flops"]["rewardModel"] > 0
+    rewards = [point for point in result["history"] if "reward" in point]
+    assert [point["flops"] for point in rewards] == sorted(point["flops"] for point in rewards)
     job = load_job(path)
     from transformers import AutoModelForCausalLM
 

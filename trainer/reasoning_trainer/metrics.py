@@ -34,6 +34,8 @@ METRICS = {
     "rto_step_duration_seconds": ("histogram", "Wall time of one optimizer or search step.", ("role",)),
     "rto_steps_total": ("counter", "Optimizer or search steps completed.", ("role",)),
     "rto_tokens_total": ("counter", "Tokens processed (trained on, scored or generated).", ("role",)),
+    "rto_flops_total": ("counter", "FLOPs spent training, generating and scoring, counted from tokens and model "
+                                   "shapes.", ("role",)),
     "rto_tokens_per_second": ("gauge", "Tokens processed per second over the last step.", ("role",)),
     "rto_loss": ("gauge", "Training loss of the last logged step.", ("role",)),
     "rto_learning_rate": ("gauge", "Learning rate of the last step.", ("role",)),
@@ -73,6 +75,7 @@ class StageMetrics:
     def __post_init__(self) -> None:
         self._base = {"run": self.run, "namespace": self.namespace, "stage": self.stage}
         self._step = 0  # the latest training step seen: trackers plot every value against it
+        self.flops_by_role: dict[str, float] = {}
         self._metrics = {}
         for name, (kind, description, extra) in METRICS.items():
             labels = BASE_LABELS + extra
@@ -106,19 +109,34 @@ class StageMetrics:
         if seconds > 0:
             self._set("rto_tokens_per_second", tokens / seconds, role=role)
 
+    def flops(self, role: str, amount: float) -> None:
+        """FLOPs just spent by ``role``'s model (reasoning_trainer.flops counts them)."""
+        self._series("rto_flops_total", role=role).inc(amount)
+        self.flops_by_role[role] = self.flops_by_role.get(role, 0.0) + amount
+        if self.trackers is not None:
+            self.trackers.log(metric_key("rto_flops_total", role), self.flops_by_role[role], self._step)
+
+    @property
+    def flops_total(self) -> float:
+        return sum(self.flops_by_role.values())
+
     def loss(self, role: str, step: int, loss: float, learning_rate: float | None = None) -> None:
         self._set("rto_loss", loss, step, role=role)
         if learning_rate is not None:
             self._set("rto_learning_rate", learning_rate, step, role=role)
-        self.history.append({"step": step, "role": role, "loss": loss})
+        self._record({"step": step, "role": role, "loss": loss})
 
     def accuracy(self, benchmark: str, metric: str, value: float, step: int | None = None) -> None:
         self._set("rto_accuracy_ratio", value, step, benchmark=benchmark, metric=metric)
-        self.history.append({"step": step, "benchmark": benchmark, "metric": metric, "accuracy": value})
+        self._record({"step": step, "benchmark": benchmark, "metric": metric, "accuracy": value})
 
     def reward(self, role: str, value: float, step: int) -> None:
         self._set("rto_reward", value, step, role=role)
-        self.history.append({"step": step, "role": role, "reward": value})
+        self._record({"step": step, "role": role, "reward": value})
+
+    def _record(self, point: dict) -> None:
+        """A point of the report's history, with the stage's FLOPs so far: its x-axis option."""
+        self.history.append({**point, "flops": self.flops_total} if self.flops_by_role else point)
 
     def search(self, parallelism: float, nodes: float, tokens: float) -> None:
         """Per-problem averages of the last tree search."""

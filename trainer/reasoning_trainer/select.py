@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from . import models, prm
+from . import flops, models, prm
 from .checkpoints import StopRequest, write_json
 from .data.problems import Trace
 from .data.sources import load_pool, write_traces
@@ -58,16 +58,19 @@ def _score_pool(job: StageJob, model, tokenizer, pool: list[Trace], metrics: Sta
     select = job.spec.stages.select
     batch = job.stage_plan("select").get("batch_size") if job.spec.reward_model_trained_in() != "select" else None
     batch = batch or select.batch_size
-    scores = []
+    scores, shape = [], flops.Shape.of(model)
     for start in range(0, len(pool), batch):
         chunk = pool[start:start + batch]
         started = time.monotonic()
-        step_scores = prm.score(model, tokenizer,
-                                [(t.problem.question, prm.prm_steps(t.steps, t.answer)) for t in chunk],
-                                job.spec.step_separator, batch, select.max_seq_length)
+        texts = [(t.problem.question, prm.prm_steps(t.steps, t.answer)) for t in chunk]
+        step_scores = prm.score(model, tokenizer, texts, job.spec.step_separator, batch, select.max_seq_length)
+        separator = job.spec.step_separator
+        lengths = [min(len(tokenizer(question + separator.join(steps)).input_ids), select.max_seq_length)
+                   for question, steps in texts]
+        metrics.flops("rewardModel", sum(flops.forward(shape, length, length / 2) for length in lengths))
         scores += [trace_score(s, select.aggregate, select.step_weight, select.trajectory_weight)
                    for s in step_scores]
-        metrics.step("rewardModel", time.monotonic() - started, 0, start // batch + 1)
+        metrics.step("rewardModel", time.monotonic() - started, sum(lengths), start // batch + 1)
         metrics.progress(span[0] + (span[1] - span[0]) * len(scores) / len(pool))
     return scores
 

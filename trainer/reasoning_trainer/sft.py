@@ -77,6 +77,7 @@ def train_generator(job: StageJob, metrics: StageMetrics, stop: StopRequest, end
     return {
         "examples": len(dataset), "source": "select" if _use_selected(job) else "spec.data.train",
         "steps": outcome.steps, "resumed_from_step": outcome.resumed_from_step, "final_loss": outcome.final_loss,
+        "tokens": outcome.tokens,
         "tokens_per_second": outcome.tokens / outcome.seconds if outcome.seconds else None,
         "held_out_problems": len(held_out), "held_out_accuracy_before": before, "held_out_accuracy_after": after,
     }

@@ -82,6 +82,8 @@ def _run_stage(job: StageJob, stage: str, metrics: StageMetrics) -> int:
         return 1
     duration = time.monotonic() - started
     metrics.progress(1.0)
+    if metrics.flops_by_role:
+        result.metrics["flops"] = metrics.flops_total
     if not is_main_process():
         return 0  # rank 0 writes the stage's results
     _write_results(job, stage, result, duration, started_at, metrics)
@@ -100,7 +102,7 @@ def _write_results(job: StageJob, stage: str, result: StageResult, duration: flo
         "startTime": started_at, "completionTime": _now(), "durationSeconds": round(duration, 2),
         "accuracy": result.accuracy, "checkpoint": result.checkpoint, "metrics": result.metrics,
         "details": result.details, "plan": job.stage_plan(stage), "history": metrics.history,
-        "peakMemoryBytes": _peak_memory(),
+        "peakMemoryBytes": _peak_memory(), "flops": metrics.flops_by_role,
     })
 
 

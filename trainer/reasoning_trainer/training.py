@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from . import console
+from . import console, flops
 from .checkpoints import StopRequest, latest_complete, mark_complete
 from .metrics import StageMetrics
 from .schema.stages import TrainingStageSpec
@@ -129,11 +129,16 @@ class _Watcher(TrainerCallback):
         self._step_started = time.monotonic()
         self._tokens_seen = 0
         self.device_name, self.parameters, self.world_size = "", 0, 1
+        self.shape: flops.Shape | None = None
+        self.recompute, self.sequences_per_step = False, 1
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
         self.parameters = sum(p.numel() for p in model.parameters()) if model is not None else 0
         self.world_size = max(args.world_size, 1)
+        self.shape = flops.Shape.of(model) if model is not None else None
+        self.recompute = bool(getattr(args, "activation_checkpointing", False))
+        self.sequences_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * self.world_size
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_started = time.monotonic()
@@ -147,6 +152,10 @@ class _Watcher(TrainerCallback):
         self._tokens_seen = int(state.num_input_tokens_seen)
         self.tokens += tokens
         self.metrics.step(self.role, seconds, tokens, state.global_step)
+        if self.shape is not None and tokens:
+            # A causal token attends to half its sequence on average.
+            context = tokens / self.sequences_per_step / 2
+            self.metrics.flops(self.role, flops.training(self.shape, tokens, context, self.recompute))
         if self.device_name:
             # num_input_tokens_seen counts every process's tokens: MFU is per device.
             mfu = model_flops_utilization(self.parameters, tokens, seconds, self.device_name)

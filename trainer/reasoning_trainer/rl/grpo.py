@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import models, prm
+from .. import flops, models, prm
 from ..checkpoints import StopRequest, atomic_dir, is_complete
 from ..data.problems import answers_match, split_solution
 from ..data.sources import load_problems
@@ -61,6 +61,8 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
     held_out = _held_out(job)
     if start == 0:
         before = _pass_at_1(job, policy, tokenizer, held_out)
+    shapes = {role: flops.Shape.of(model) for role, model in
+              (("generator", policy), ("reference", reference), ("rewardModel", reward_model)) if model is not None}
     history = []
     for iteration in range(start, rl.iterations):
         started = time.monotonic()
@@ -74,6 +76,7 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         accuracy = sum(r.correct for r in rollouts) / len(rollouts)
         tokens = sum(len(r.completion) for r in rollouts)
         metrics.step("generator", time.monotonic() - started, tokens, iteration + 1)
+        _count_flops(metrics, shapes, rollouts)
         metrics.loss("generator", iteration + 1, loss, rl.learning_rate)
         metrics.reward("generator", reward, iteration + 1)
         metrics.accuracy("rollouts", "train", accuracy, step=iteration + 1)
@@ -127,6 +130,22 @@ def _pass_at_1(job: StageJob, policy, tokenizer, problems) -> float | None:
 
 
 @torch.no_grad()
+def _count_flops(metrics: StageMetrics, shapes: dict[str, flops.Shape], rollouts: list[Rollout]) -> None:
+    """One iteration: sampling the rollouts, the update's forward and backward over them, the
+    reference's forward, and the PRM scoring them (its tokens counted as the generator's)."""
+    count = len(rollouts)
+    prompt = sum(len(r.prompt) for r in rollouts) / count
+    completion = sum(len(r.completion) for r in rollouts) / count
+    tokens, context = count * (prompt + completion), (prompt + completion) / 2
+    generator = shapes["generator"]
+    metrics.flops("generator", flops.generation(generator, count, prompt, completion)
+                  + flops.training(generator, tokens, context))
+    if "reference" in shapes:
+        metrics.flops("generator", flops.forward(shapes["reference"], tokens, context))
+    if "rewardModel" in shapes:
+        metrics.flops("rewardModel", flops.forward(shapes["rewardModel"], tokens, context))
+
+
 def _rollouts(job, policy, tokenizer, problems, reward_model, prm_tokenizer) -> list[Rollout]:
     rl, generation = job.spec.stages.rl, job.spec.models.generator.generation
     group = rl.grpo.num_generations

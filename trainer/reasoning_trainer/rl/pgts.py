@@ -15,7 +15,7 @@ import random
 
 import torch
 
-from .. import models
+from .. import flops, models
 from ..checkpoints import StopRequest, atomic_dir, is_complete
 from ..data.sources import load_problems
 from ..job import StageJob
@@ -44,6 +44,7 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
     start, history, before = _resume(state_dir, policy, optimizer)
     if start == 0:
         before = held_out_accuracy(searcher, job, held_out)
+    shapes = {"generator": flops.Shape.of(searcher.generator), "rewardModel": flops.Shape.of(searcher.reward_model)}
     for iteration in range(start, rl.iterations):
         rng = random.Random(iteration)  # a resumed run draws the problems it would have drawn
         batch = [problems[rng.randrange(len(problems))] for _ in range(rl.problems_per_iteration)]
@@ -58,6 +59,7 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
             "parallelism": found.parallelism, "search_seconds": found.seconds, **losses,
         }
         history.append(record)
+        _count_flops(metrics, shapes, record)
         _export(metrics, record, found, rl.learning_rate, rl.iterations)
         last = iteration + 1 == rl.iterations
         if (iteration + 1) % rl.checkpoint_every == 0 or stop.requested or last:
@@ -147,6 +149,15 @@ def update(policy: TreePolicy, optimizer, episodes: list[Episode], job: StageJob
             updates += 1
     policy.eval()
     return {key: value / max(updates, 1) for key, value in totals.items()}
+
+
+def _count_flops(metrics: StageMetrics, shapes: dict[str, flops.Shape], record: dict) -> None:
+    """One iteration's search: the generator writes each step's tokens and the PRM scores them,
+    each token attending to at most its problem's tree so far (an upper bound on its path). The
+    policy network's FLOPs are left out: under a millionth of these."""
+    tokens, context = record["tokens"], record["tokens_per_problem"]
+    for role, shape in shapes.items():
+        metrics.flops(role, flops.forward(shape, tokens, context))
 
 
 def _export(metrics: StageMetrics, record: dict, found, learning_rate: float, iterations: int) -> None:
