@@ -143,6 +143,7 @@ class StageMetrics:
         self._set("rto_average_parallelism", parallelism)
         self._set("rto_search_nodes_per_problem", nodes)
         self._set("rto_search_tokens_per_problem", tokens)
+        self._record({"step": self._step, "parallelism": parallelism})
 
     def ppo(self, role: str, policy_loss: float, value_loss: float, entropy: float) -> None:
         self._set("rto_policy_loss", policy_loss, role=role)

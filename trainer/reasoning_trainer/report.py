@@ -31,7 +31,8 @@ class Chart:
 def write_report(run: str, results: dict[str, dict], target: Path) -> Path:
     charts = [chart for chart in (
         _loss_chart(results), _accuracy_chart(results), _curves_chart(results, "accuracy"),
-        _curves_chart(results, "reward"), _time_chart(results), _memory_chart(results),
+        _curves_chart(results, "reward"), _against_flops(results, "accuracy"), _against_flops(results, "parallelism"),
+        _time_chart(results), _memory_chart(results),
         _histogram_chart(results.get("select")),
     ) if chart is not None]
     body = [f"<h1>Run {html.escape(run)}</h1>", _results_table(results), _intervals_table(results)]
@@ -212,6 +213,32 @@ def _curves_chart(results, quantity: str) -> Chart | None:
                      "held-out figures above.", _png(figure))
     return Chart("Reward during RL", "Mean reward of each RL iteration's rollouts (PRM score plus the answer "
                  "bonus): it should rise; a flat line means the policy is not learning from the reward.",
+                 _png(figure))
+
+
+def _against_flops(results, quantity: str) -> Chart | None:
+    """The RL stage's rollout accuracy or search parallelism against the FLOPs it had spent: raw
+    points and a moving average, as the research plots them."""
+    points = [(point["flops"], point[quantity]) for point in (results.get("rl") or {}).get("history", [])
+              if quantity in point and point.get("flops") and point.get("metric", "train") == "train"]
+    if len(points) < 2:
+        return None
+    flops_spent, values = zip(*points)
+    window = max(1, len(values) // 5)
+    smoothed = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                for i in range(len(values))]
+    figure, ax = plt.subplots(figsize=(7, 3.5))
+    ax.scatter(flops_spent, values, s=12, alpha=0.5, label="each iteration")
+    ax.plot(flops_spent, smoothed, color="black", label=f"moving average ({window})")
+    ax.set_xlabel("RL FLOPs spent")
+    ax.set_ylabel("rollout accuracy" if quantity == "accuracy" else "average parallelism")
+    ax.legend()
+    if quantity == "accuracy":
+        return Chart("Rollout accuracy against RL FLOPs", "Accuracy of each RL iteration's rollouts against the "
+                     "compute spent so far (generation, scoring and updates): the return on RL compute.",
+                     _png(figure))
+    return Chart("Average parallelism against RL FLOPs", "Branches the PGTS search explores per problem, against "
+                 "the compute spent so far: a policy that learns to branch less (or more) shows it here.",
                  _png(figure))
 
 
