@@ -50,7 +50,7 @@ def test_sft_loss_falls_and_held_out_accuracy_rises(plan_file):
 def test_prm_learns_to_separate_corrupted_from_correct_solutions(plan_file):
     path = plan_file({"data": {"train": {"size": 800}}, "stages": {
         "select": {"enabled": False}, "eval": {"enabled": False},
-        "sft": {"target": "reward-model", "epochs": 2, "incorrectPerProblem": 1, "checkpointEvery": 200}}})
+        "sft": {"target": "reward-model", "epochs": 3, "incorrectPerProblem": 1, "checkpointEvery": 200}}})
     assert train.main("sft", str(path), metrics_port=0) == 0
     prm = results(path, "sft")["details"]["reward_model"]
     assert prm["after"]["trajectory_auroc"] > max(prm["before"]["trajectory_auroc"], 0.5) + 0.1

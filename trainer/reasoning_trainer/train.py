@@ -65,7 +65,15 @@ def main(stage: str, plan_path: str, metrics_port: int | None = None) -> int:
     return code
 
 
+# Every stage starts from the same random state, whatever ran before it in the process (a test
+# session, a notebook): a new classification head, dropout and sampling then repeat run after run.
+STAGE_SEED = 0
+
+
 def _run_stage(job: StageJob, stage: str, metrics: StageMetrics) -> int:
+    from transformers import set_seed
+
+    set_seed(STAGE_SEED)
     stop = StopRequest().install()
     started, started_at = time.monotonic(), _now()
     try:
