@@ -1,5 +1,5 @@
 """``rto report RUN``'s way from the reader pod's output to report.html, with the API calls
-stubbed (the kit runs no container, so tests/e2e/test_cli.py covers the pod but not its output)."""
+stubbed (the kit runs no container, so tests/e2e/test_rto_commands.py covers the pod but not its output)."""
 
 from __future__ import annotations
 

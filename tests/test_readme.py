@@ -16,7 +16,7 @@ from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 RTO = Path(sys.executable).parent / "rto"
-# Shown with what a run on a cluster printed; tests/e2e/test_cli.py runs them on the kit.
+# Shown with what a run on a cluster printed; tests/e2e/test_rto_commands.py runs them on the kit.
 CLUSTER_COMMANDS = ("status", "results", "logs", "submit", "delete", "retry")
 
 
