@@ -45,6 +45,16 @@ def test_a_cpu_stage_asks_for_no_gpu_and_an_existing_claim_is_used_as_is():
     assert '"outputDir": "/data/demo-01234567"' in made["ConfigMap"]["data"]["plan.json"]
 
 
+def test_cpu_and_memory_from_the_spec_sit_beside_the_planned_gpus():
+    resources = {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "96Gi", "ephemeral-storage": "50Gi"}}
+    job = children({"preset": "fast", "storage": {"size": "1Ti"}, "resources": resources}, "sft")["Job"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 1},
+        "limits": {"memory": "96Gi", "ephemeral-storage": "50Gi", "nvidia.com/gpu": 1}}
+    tiny = children({"preset": "tiny", "storage": {"size": "1Gi"}, "resources": {"limits": {"memory": "4Gi"}}}, "sft")
+    assert tiny["Job"]["spec"]["template"]["spec"]["containers"][0]["resources"] == {"limits": {"memory": "4Gi"}}
+
+
 def test_an_admitted_affinity_reaches_the_stage_pods_as_written():
     from pod_template_cases import CASES
 

@@ -253,6 +253,19 @@ def _plan_annotations(stage_plan: dict[str, Any]) -> dict[str, str]:
     return annotations
 
 
+def _container_resources(spec: RunSpec, gpus_per_node: int) -> dict[str, dict[str, Any]]:
+    """The spec's CPU, memory and scratch space, plus the planned GPUs (requests = limits)."""
+    resources: dict[str, dict[str, Any]] = {}
+    if spec.resources:
+        for kind in ("requests", "limits"):
+            if amounts := getattr(spec.resources, kind).manifest():
+                resources[kind] = amounts
+    if gpus_per_node:
+        for kind in ("requests", "limits"):
+            resources.setdefault(kind, {})[spec.gpu.resource_name] = gpus_per_node
+    return resources
+
+
 def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], gpus_per_node: int,
               image: str, config, plan_name: str) -> dict[str, Any]:
     container: dict[str, Any] = {
@@ -270,9 +283,9 @@ def _pod_spec(run: Run, spec: RunSpec, stage: str, stage_plan: dict[str, Any], g
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
-    if gpus_per_node:
-        gpus = {spec.gpu.resource_name: gpus_per_node}
-        container["resources"] = {"requests": dict(gpus), "limits": dict(gpus)}
+    resources = _container_resources(spec, gpus_per_node)
+    if resources:
+        container["resources"] = resources
     shm_gib = max(1, config.shm_gib_per_gpu * gpus_per_node)
     pod: dict[str, Any] = {
         "restartPolicy": "Never",

@@ -12,11 +12,14 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+# Kubernetes' quantity suffixes: binary (Ki ... Ei), decimal (k, M ... E; a capital K is no unit
+# there) and milli (m: CPU). A size in bytes takes the first two.
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_CPU = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m)?$")
 _UNIT_BYTES = {
     None: 1,
-    "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }
 
 
@@ -39,7 +42,7 @@ def quantity_bytes(value: str) -> float:
     """Bytes in a Kubernetes quantity such as ``24Gi`` or ``80G``."""
     match = _QUANTITY.match(value.strip())
     if not match:
-        raise ValueError(f"'{value}' is not a memory quantity; write it like 24Gi, 80Gi or 40G")
+        raise ValueError(f"'{value}' is not a memory quantity; write it like 24Gi, 80Gi, 40G or 512k")
     number, unit = match.groups()
     return float(number) * _UNIT_BYTES[unit]
 
@@ -55,6 +58,22 @@ def _check_quantity(value: str) -> str:
 
 Quantity = Annotated[str, AfterValidator(_check_quantity),
                      WithJsonSchema({"type": "string", "pattern": _QUANTITY.pattern})]
+
+def cpu_cores(value: str) -> float:
+    """Cores in a Kubernetes CPU quantity such as ``4``, ``1.5`` or ``500m``."""
+    match = _CPU.match(value.strip())
+    if not match:
+        raise ValueError(f"'{value}' is not a CPU quantity; write cores like 4 or 1.5, or millicores like 500m")
+    number, milli = match.groups()
+    return float(number) / (1000 if milli else 1)
+
+
+def _check_cpu(value: str) -> str:
+    cpu_cores(value)
+    return value
+
+
+CpuQuantity = Annotated[str, AfterValidator(_check_cpu), WithJsonSchema({"type": "string", "pattern": _CPU.pattern})]
 
 _PARAMETERS = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([MB])$")
 

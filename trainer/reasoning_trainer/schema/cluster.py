@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from .base import Quantity, SpecModel
 from .names import Annotations, Labels, ObjectName
-from .pod import Affinity, QueueTopology, Toleration
+from .pod import Affinity, QueueTopology, ResourceRequirements, Toleration
 
 # Memory of common data-centre and workstation GPUs, in GiB as the driver reports it.
 GPU_TYPES: dict[str, float] = {
@@ -86,6 +86,9 @@ class ClusterFields(SpecModel):
     node_selector: Labels = Field(default_factory=dict, description="Node labels the stage pods require.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the stage pods tolerate.")
     affinity: Affinity | None = Field(None, description="Node and pod affinity of the stage pods, as in a PodSpec.")
+    resources: ResourceRequirements | None = Field(
+        None, description="CPU, memory and ephemeral-storage requests and limits of the trainer container in "
+                          "every stage pod; the planned GPUs are added to them.")
     pod_labels: Labels = Field(
         default_factory=dict, description="Extra labels of the stage pods (cost centre, autoscaler hints); "
                                           "the operator's own labels win on a clash.")

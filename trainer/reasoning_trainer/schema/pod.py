@@ -1,4 +1,5 @@
-"""Pod-template fields a run passes through to its stage pods: tolerations and affinity.
+"""Pod-template fields a run passes through to its stage pods: tolerations, affinity and the
+trainer container's CPU, memory and scratch space.
 
 They mirror the PodSpec's types and carry the API server's own rules for them (values that an
 operator forbids or requires, the single value of Gt/Lt, weights 1-100, topology keys), so a run
@@ -8,11 +9,11 @@ instead of every stage Job failing to be created.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from .base import SpecModel
+from .base import CpuQuantity, Quantity, SpecModel, cpu_cores, quantity_bytes
 from .names import LabelKey, LabelValue, NamespaceName
 
 
@@ -169,3 +170,47 @@ class Affinity(SpecModel):
     node_affinity: NodeAffinity | None = Field(None, description="Which nodes the stage pods run on.")
     pod_affinity: PodAffinity | None = Field(None, description="Which pods the stage pods run next to.")
     pod_anti_affinity: PodAffinity | None = Field(None, description="Which pods the stage pods keep away from.")
+
+
+class ResourceList(SpecModel):
+    """As a container's requests or limits, without GPUs."""
+
+    cpu: CpuQuantity | None = Field(None, description="CPU cores (4, 1.5, 500m).")
+    memory: Quantity | None = Field(None, description="Memory (64Gi, 500M).")
+    ephemeral_storage: Quantity | None = Field(None, alias="ephemeral-storage",
+                                               description="Node-local scratch space (20Gi).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_gpus(cls, value: Any) -> Any:
+        if isinstance(value, dict) and (gpus := sorted(key for key in value if str(key).endswith("gpu"))):
+            raise ValueError(f"{gpus[0]}: GPUs are planned, not set here; pin them with "
+                             f"spec.stages.<stage>.gpus (spec.gpu.resourceName names another GPU resource)")
+        return value
+
+    def amounts(self) -> dict[str, float]:
+        """Each set resource in one unit (cores or bytes), by its Kubernetes name."""
+        found = {"cpu": self.cpu and cpu_cores(self.cpu), "memory": self.memory and quantity_bytes(self.memory),
+                 "ephemeral-storage": self.ephemeral_storage and quantity_bytes(self.ephemeral_storage)}
+        return {name: amount for name, amount in found.items() if amount is not None}
+
+    def manifest(self) -> dict[str, str]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class ResourceRequirements(SpecModel):
+    """As in a container; the GPUs are not set here but planned (spec.stages.<stage>.gpus pins them)."""
+
+    limits: ResourceList = Field(default_factory=ResourceList,
+                                 description="The most each stage pod may use (memory past it is an OOM kill).")
+    requests: ResourceList = Field(default_factory=ResourceList,
+                                   description="What the scheduler reserves for each stage pod.")
+
+    @field_validator("requests")
+    @classmethod
+    def _within_limits(cls, requests: ResourceList, info: ValidationInfo) -> ResourceList:
+        limits = info.data["limits"].amounts() if "limits" in info.data else {}
+        for name, requested in requests.amounts().items():
+            if name in limits and limits[name] < requested:
+                raise ValueError(f"{name}: must be at most limits.{name}; raise the limit or lower the request")
+        return requests
