@@ -34,8 +34,10 @@ SMALL_TINY = {
     "data": {"train": {"size": 120}, "pool": {"size": 60}, "eval": [{"name": "arithmetic", "split": "test",
                                                                       "size": 12, "seed": 1}]},
     "stages": {
-        "select": {"keepFraction": 0.5, "batchSize": 16},
-        "sft": {"epochs": 1, "batchSize": 8, "checkpointEvery": 5, "maxSeqLength": 160},
+        "select": {"keepFraction": 0.5, "batchSize": 16, "sample": {"samplesPerProblem": 2, "maxNewTokens": 40}},
+        "sft": {"epochs": 1, "batchSize": 8, "checkpointEvery": 5, "maxSeqLength": 160, "compareWithPool": False,
+                "monteCarlo": {"problems": 48, "samplesPerProblem": 2, "completions": 2, "maxNewTokens": 40,
+                               "epochs": 1}},
         "rl": {"enabled": False},
         "eval": {"methods": ["pass@1", "rm@k", "majority@k"], "k": 2, "maxNewTokens": 40},
     },
@@ -62,7 +64,7 @@ def _write_plan(folder: Path, name: str, overrides: dict | None = None) -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_models(tmp_path_factory) -> Path:
-    """The embedded base model and tokenizer, pretrained once per session (about 15 s each time)."""
+    """The embedded base model and tokenizer, pretrained once per session (about 3.5 minutes on one core)."""
     from reasoning_trainer import models
     from reasoning_trainer.job import load_job
 

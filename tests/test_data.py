@@ -6,9 +6,8 @@ import random
 import pytest
 
 from reasoning_trainer.data import embedded
-from reasoning_trainer.data.problems import (
-    answers_match, corrupt, extract_number, parse_gsm8k, reference_trace, solution_text, split_solution,
-)
+from reasoning_trainer.data.answers import answers_match, extract_number
+from reasoning_trainer.data.problems import corrupt, parse_gsm8k, reference_trace, solution_text, split_solution
 from reasoning_trainer.data.sources import DataError, load_problems, read_selected, write_traces
 from reasoning_trainer.schema.data import DatasetSpec
 
@@ -59,7 +58,12 @@ def test_embedded_problems_are_deterministic_correct_and_held_out():
     assert train == embedded.problems(300, seed=0)
     test = embedded.problems(100, seed=1, split="test")
     assert not {p.question for p in train} & {p.question for p in test}
-    for problem in train:
+    # No test problem repeats a training problem's sequence of actions, so no step chain either.
+    compositions = {p.meta["composition"] for p in embedded.problems(2000, seed=3)}
+    assert not compositions & {p.meta["composition"] for p in test}
+    assert not {p.steps for p in embedded.problems(2000, seed=3)} & {p.steps for p in test}
+    assert {len(p.steps) for p in test} == {2, 3, 4}
+    for problem in train + test:
         value = None
         for step in problem.steps:
             left, op, right, _, result = step.split()
@@ -67,6 +71,16 @@ def test_embedded_problems_are_deterministic_correct_and_held_out():
             value = int(left) + int(right) if op == "+" else int(left) - int(right)
             assert int(result) == value
         assert problem.answer == str(value)
+
+
+def test_exact_step_labels_mark_the_first_wrong_step_and_every_later_one():
+    problem = next(p for p in embedded.problems(50, seed=2) if len(p.steps) == 3)
+    first, second, third = problem.steps
+    assert embedded.step_labels(problem, [first, second, third]) == (True, True, True)
+    wrong = second.replace("=", "= 1")  # the result of step two changed
+    assert embedded.step_labels(problem, [first, wrong, third]) == (True, False, False)
+    assert embedded.step_labels(problem, [first]) == (True,)
+    assert embedded.step_labels(problem, [first, second, third, third]) == (True, True, True, False)
 
 
 def test_corrupted_trace_is_labelled_wrong_from_the_changed_step_on():
@@ -94,8 +108,10 @@ def test_jsonl_folder_is_read_and_errors_name_the_field(tmp_path):
         load_problems(DatasetSpec(source="path", path=str(tmp_path)), "spec.data.train")
 
 
-def test_selected_traces_round_trip(tmp_path):
+def test_selected_traces_round_trip_even_with_a_line_break_inside_a_step(tmp_path):
     pool = embedded.trace_pool(20, seed=4)
+    first = pool[0]
+    pool[0] = type(first)(first.problem, (first.steps[0] + "\nso far so good", *first.steps[1:]), first.answer)
     write_traces(tmp_path / "selected.jsonl", pool, [0.5] * len(pool))
     again = read_selected(tmp_path / "selected.jsonl")
     assert [(t.steps, t.answer, t.correct) for t in again] == [(t.steps, t.answer, t.correct) for t in pool]

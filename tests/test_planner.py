@@ -89,10 +89,12 @@ def test_pinned_choices_are_respected():
 def test_nothing_fits_names_changes_that_would():
     with pytest.raises(PlanError) as caught:
         plan("full", "24Gi", models={"generator": {"loadIn8bit": False}})
-    message = str(caught.value)
-    assert message.startswith("spec.stages.rl: does not fit on 24 GiB GPUs")
-    assert "models.generator.loadIn8bit: true" in message
-    assert "gpu.type: " in message
+    # sft samples the PRM's Monte-Carlo labels from the 14B generator, rl runs it: neither fits in bf16.
+    for stage in ("sft", "rl"):
+        message = next(line for line in str(caught.value).splitlines() if line.startswith(f"spec.stages.{stage}:"))
+        assert "does not fit on 24 GiB GPUs" in message
+        assert "models.generator.loadIn8bit: true" in message
+        assert "gpu.type: " in message
 
 
 def test_full_fine_tuning_that_cannot_fit_suggests_lora():
@@ -139,18 +141,31 @@ def test_8bit_keeps_embeddings_in_16bit():
 
 
 def test_the_prm_is_trained_in_select_when_select_runs_before_sft():
-    spec = validate_spec({"preset": "tiny", "stages": {"sft": {"prmLabels": "synthetic"}}})
+    spec = validate_spec({"preset": "tiny"})
     assert spec.reward_model_trained_in() == "select"
     plan = plan_run(spec)
     assert plan.stages["select"].trains == ["rewardModel"]
     assert plan.stages["sft"].trains == ["generator"]
-    # With Monte-Carlo labels, sft trains the PRM further once the generator is trained: planned for both.
-    refined = validate_spec({"preset": "tiny"})
-    assert refined.reward_model_trained_in() == "select" and refined.reward_model_refined_on_samples()
-    assert plan_run(refined).stages["sft"].trains == ["rewardModel", "generator"]
     without_select = validate_spec({"preset": "tiny", "stages": {"select": {"enabled": False}}})
     assert without_select.reward_model_trained_in() == "sft"
     assert plan_run(without_select).stages["sft"].trains == ["rewardModel", "generator"]
+
+
+def test_the_generator_is_placed_and_sized_wherever_a_stage_samples_from_it():
+    # fast: sft trains the PRM on Monte-Carlo labels of the generator's own solutions.
+    sft = plan_run(validate_spec({"preset": "fast", "storage": {"size": "1Ti"}})).stages["sft"]
+    assert sft.placement["generator"] == sft.placement["rewardModel"] == "cuda:0"
+    # select samples the pool: the generator's weights and its sampling cache must fit, not only the PRM's.
+    spec = validate_spec({"preset": "fast", "models": {"generator": {"lora": {"r": 16}}},
+                          "data": {"pool": {"source": "hub", "hubId": "openai/gsm8k", "subset": "main"}},
+                          "stages": {"select": {"keepFraction": 0.25, "sample": {"samplesPerProblem": 8}},
+                                     "sft": {"target": "generator"}}})
+    select = plan_run(spec).stages["select"]
+    assert select.placement["generator"] == "cuda:0"
+    assert "generator kv cache" in select.devices[0].parts
+    scoring_only = plan_run(validate_spec({**spec.model_dump(by_alias=True, exclude_none=True), "stages": {
+        "select": {"keepFraction": 0.25}, "sft": {"target": "generator"}}})).stages["select"]
+    assert "generator" not in scoring_only.placement
 
 
 @pytest.mark.parametrize("preset", ["fast", "2gpu", "full"])

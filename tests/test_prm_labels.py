@@ -79,6 +79,21 @@ def test_a_step_is_right_when_a_continuation_from_it_reaches_the_answer_and_wron
     assert all(text.rstrip(" ")[-1].isdigit() for text in prefixes), prefixes
 
 
+def test_a_right_solutions_prefixes_are_right_without_sampling_them_when_no_share_is_trained(tokenizer):
+    right = "3 + 1 = 4\n\n4 - 2 = 2\n\n#### 2"
+    wrong = "3 + 1 = 5\n\n5 - 2 = 3\n\n#### 3"
+    generator = ScriptedGenerator(tokenizer, [right, wrong])
+    sampling = Sampling(samples=2, completions=2, max_new_tokens=32, max_prompt_tokens=96, temperature=0.8,
+                        top_p=1.0, batch_size=8)
+    traces, _ = monte_carlo_traces(generator, tokenizer, [PROBLEM], SEPARATOR, sampling, seed=0,
+                                   shares_of_right_solutions=False)
+    assert {trace.steps: trace.labels for trace in traces} == {("3 + 1 = 4", "4 - 2 = 2"): (True, True),
+                                                               ("3 + 1 = 5", "5 - 2 = 3"): (False, False)}
+    # Only the wrong solution's first prefix was continued: the right one reached the answer itself.
+    prefixes = [text for text in generator.prompts_seen if not _bare_question(text)]
+    assert len(prefixes) == 1 and "3 + 1 = 5" in prefixes[0]
+
+
 def test_the_answer_line_is_wrong_when_the_answer_is_even_if_every_step_was_judged_right():
     trace = Trace(PROBLEM, ("3 + 1 = 4", "4 - 2 = 2"), "7", (True, True))
     assert labelled_steps(trace)[1] == [True, True, False]
@@ -104,3 +119,15 @@ def test_a_traces_selection_score_weighs_its_steps_and_its_final_verdict():
     assert trace_score(scores, "min", 1.0, 0.0) == pytest.approx(0.5)
     assert trace_score(scores, "min", 0.0, 2.0) == pytest.approx(0.2), "the trajectory verdict alone"
     assert trace_score([0.4], "mean", 0.5, 0.5) == pytest.approx(0.4), "an answer with no reasoning step"
+
+
+def test_selection_keeps_each_problems_best_trace_instead_of_the_easy_problems_only():
+    from reasoning_trainer.select import best
+
+    easy, hard = Problem("easy?", "1", ("0 + 1 = 1",)), Problem("hard?", "9", ("1 + 4 = 5", "5 + 4 = 9"))
+    pool = [Trace(easy, ("0 + 1 = 1",), "1"), Trace(easy, ("0 + 1 = 1",), "1"),
+            Trace(hard, ("1 + 4 = 5", "5 + 4 = 9"), "9"), Trace(hard, ("1 + 4 = 5", "5 + 3 = 8"), "8")]
+    scores = [0.9, 0.8, 0.6, 0.3]
+    assert best(pool, scores, keep=2, per_problem=None) == [0, 1]  # a global top 2: the easy problem twice
+    assert best(pool, scores, keep=2, per_problem=1) == [0, 2]  # its best trace from each problem
+    assert best(pool, scores, keep=4, per_problem=1) == [0, 2]  # never more than one per problem

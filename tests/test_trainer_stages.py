@@ -35,33 +35,46 @@ def test_prm_scores_all_steps_in_one_pass_as_if_each_prefix_were_scored_alone(pl
     assert batched[-1] == pytest.approx(whole, abs=1e-5)
 
 
-def test_select_trains_the_prm_then_keeps_the_top_scored_half(plan_file):
+def test_select_samples_the_pool_trains_the_prm_then_keeps_the_top_scored_half(plan_file):
     path = plan_file()
     assert train.main("select", str(path), metrics_port=0) == 0
     result = results(path, "select")
-    assert result["metrics"]["pool"] == 60 and result["metrics"]["kept"] == 30
-    assert result["details"]["reward_model"]["train_traces"] > 0
-    assert sum(result["details"]["histogram"]["pool"]) == 60
-    assert sum(result["details"]["histogram"]["kept"]) == 30
+    job = load_job(path)
+    pool = read_selected(job.paths.pool)
+    # The pool is the generator's own solutions (2 per problem), never the reference ones.
+    assert len(pool) + result["metrics"].get("pool_unanswered", 0) == 2 * 60
+    assert result["metrics"]["pool"] == len(pool) and result["metrics"]["kept"] == round(len(pool) / 2)
+    references = {problem.question: problem.steps for problem in embedded.problems(60, seed=7)}
+    assert {trace.problem.question for trace in pool} <= set(references)
+    assert any(trace.steps != references[trace.problem.question] for trace in pool)
+    reward_model = result["details"]["reward_model"]
+    assert reward_model["labels"] == ["montecarlo"] and reward_model["montecarlo_traces"] > 0
+    assert reward_model["validation"] == "exact"
+    assert sum(result["details"]["histogram"]["pool"]) == len(pool)
     # TensorBoard is on by default: the PRM's training loss, step by step, under the stage's folder.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(load_job(path).paths.stage("select") / "tensorboard"))
+    events = EventAccumulator(str(job.paths.stage("select") / "tensorboard"))
     events.Reload()
     assert len(events.Scalars("rto_loss/rewardModel")) >= 2
-    # Re-score the whole pool with the PRM the stage saved: what was kept is exactly the top half.
-    job = load_job(path)
+    # Re-score the whole pool with the PRM the stage saved: the scores are the ones the stage wrote, and
+    # (maxPerProblem: 1, from the preset) each problem kept one trace, its best-scored.
     model = models.load_reward_model(job, "select")
     tokenizer = models.load_tokenizer(job, "rewardModel")
-    pool = embedded.trace_pool(60, seed=7)
     select = job.spec.stages.select
     scores = [trace_score(s, select.aggregate, select.step_weight, select.trajectory_weight) for s in prm.score(
         model, tokenizer, [(t.problem.question, prm.prm_steps(t.steps, t.answer)) for t in pool],
         job.spec.step_separator, 16, 256)]
-    ranked = sorted(range(60), key=scores.__getitem__, reverse=True)
-    expected = {(pool[i].problem.question, pool[i].steps) for i in ranked[:30]}
-    kept = {(t.problem.question, t.steps) for t in read_selected(job.paths.selected)}
-    assert kept == expected
+    stored = [json.loads(line)["prm_score"] for line in job.paths.pool.read_text().splitlines()]
+    assert scores == pytest.approx(stored, abs=1e-5)
+    selected = read_selected(job.paths.selected)
+    assert len(selected) == result["metrics"]["kept"] == len({trace.problem.question for trace in selected})
+    best = {}
+    for trace, score in zip(pool, scores):
+        best[trace.problem.question] = max(best.get(trace.problem.question, 0.0), score)
+    by_trace = {(t.problem.question, t.steps, t.answer): score for t, score in zip(pool, scores)}
+    for trace in selected:
+        assert by_trace[(trace.problem.question, trace.steps, trace.answer)] >= best[trace.problem.question] - 1e-5
 
 
 def test_eval_numbers_match_a_hand_checked_case(plan_file, monkeypatch):

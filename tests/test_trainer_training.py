@@ -26,13 +26,15 @@ def losses(result, role):
 
 def test_sft_loss_falls_and_held_out_accuracy_rises(plan_file):
     path = plan_file({**GENERATOR_ONLY, "data": {"train": {"size": 1500}, "eval": [
-        {"name": "arithmetic", "split": "test", "size": 48, "seed": 1}]},
+        {"name": "arithmetic", "split": "test", "size": 200, "seed": 1}]},
         "stages": {**GENERATOR_ONLY["stages"], "sft": {"target": "generator", "epochs": 2, "checkpointEvery": 100}}})
     assert train.main("sft", str(path), metrics_port=0) == 0
     result = results(path, "sft")
     curve = losses(result, "generator")
-    assert curve[-1] < curve[0] / 3
-    assert result["metrics"]["held_out_accuracy_after"] > result["metrics"]["held_out_accuracy_before"] + 0.1
+    assert curve[-1] < curve[0] / 2
+    # From a base that solves about 43% (it knows the task a little, as a hub Instruct model does), the
+    # reference solutions take it to about 79% (2026-12-01).
+    assert result["metrics"]["held_out_accuracy_after"] > result["metrics"]["held_out_accuracy_before"] + 0.2
     assert result["checkpoint"].endswith("models/generator")
     # FLOPs: about 6 per weight per trained token (full fine-tuning), and every point of the loss
     # curve knows how many had been spent by then.
@@ -48,13 +50,36 @@ def test_sft_loss_falls_and_held_out_accuracy_rises(plan_file):
 
 
 def test_prm_learns_to_separate_corrupted_from_correct_solutions(plan_file):
-    path = plan_file({"data": {"train": {"size": 800}}, "stages": {
-        "select": {"enabled": False}, "eval": {"enabled": False},
-        "sft": {"target": "reward-model", "epochs": 3, "incorrectPerProblem": 1, "checkpointEvery": 200}}})
+    # A PRM-only run (no generator to sample from): synthetic labels, judged on held-out training problems.
+    path = plan_file({"models": {"generator": None}, "data": {"train": {"size": 800}}, "stages": {
+        "select": {"enabled": False}, "eval": {"enabled": False}, "rl": {"enabled": False},
+        "sft": {"target": "reward-model", "prmLabels": ["synthetic"], "epochs": 3, "incorrectPerProblem": 1,
+                "prmLearningRate": 2e-4, "checkpointEvery": 200}}})
     assert train.main("sft", str(path), metrics_port=0) == 0
     prm = results(path, "sft")["details"]["reward_model"]
+    assert prm["validation"] == "synthetic" and prm["synthetic_traces"] > 0
     assert prm["after"]["trajectory_auroc"] > max(prm["before"]["trajectory_auroc"], 0.5) + 0.1
     assert prm["after"]["step_accuracy"] > prm["before"]["step_accuracy"]
+
+
+def test_the_prm_trains_on_labelled_steps_read_from_a_dataset_in_trl_format(plan_file, tmp_path):
+    from reasoning_trainer.data import embedded
+
+    records = []
+    for problem in embedded.problems(40, seed=3):
+        steps = list(problem.steps)
+        records.append({"prompt": problem.question, "completions": steps, "labels": [True] * len(steps)})
+        wrong = steps[:-1] + [steps[-1].replace("=", "= 1")]
+        records.append({"prompt": problem.question, "completions": wrong, "labels": [True] * (len(steps) - 1) + [False]})
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "train.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    path = plan_file({"data": {"stepLabels": {"source": "path", "path": str(tmp_path / "steps"), "format": "trl"}},
+                      "stages": {"select": {"enabled": False}, "eval": {"enabled": False},
+                                 "sft": {"target": "reward-model", "prmLabels": ["dataset"], "epochs": 1}}})
+    assert train.main("sft", str(path), metrics_port=0) == 0
+    prm = results(path, "sft")["details"]["reward_model"]
+    assert (prm["labels"], prm["dataset_traces"], prm["dataset_traces_with_a_wrong_step"]) == (["dataset"], 80, 40)
+    assert prm["steps"] > 0 and prm["validation"] == "exact"
 
 
 def test_zero2_trains_through_deepspeed_on_cpu(plan_file):
@@ -71,8 +96,8 @@ def test_zero2_trains_through_deepspeed_on_cpu(plan_file):
 
 def test_8bit_loading_through_bitsandbytes(plan_file, tmp_path):
     job = load_job(plan_file())
-    models.load_generator(job, "sft")  # the embedded base, under models/base
-    base = job.paths.model("base")
+    models.load_generator(job, "sft")  # the embedded base, under models/base/tiny-qwen2
+    base = job.paths.model("base") / "tiny-qwen2"
     path = plan_file({"models": {"generator": {"name": str(base), "loadIn8bit": True, "lora": {"r": 4}}},
                       **GENERATOR_ONLY}, name="eight")
     job = load_job(path)
@@ -98,7 +123,7 @@ def test_lora_adapters_train_and_merge_into_the_saved_model(plan_file):
     from transformers import AutoModelForCausalLM
 
     merged = AutoModelForCausalLM.from_pretrained(saved)
-    base = AutoModelForCausalLM.from_pretrained(job.paths.model("base"))
+    base = AutoModelForCausalLM.from_pretrained(job.paths.model("base") / "tiny-qwen2")
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[name], base.state_dict()[name])
     assert torch.equal(merged.state_dict()["model.embed_tokens.weight"], base.state_dict()["model.embed_tokens.weight"])
@@ -159,7 +184,7 @@ GRPO = {"stages": {"select": {"enabled": False}, "sft": {"enabled": False}, "eva
                    "rl": {"enabled": True, "algorithm": "grpo", "iterations": 3, "problemsPerIteration": 4,
                           "batchSize": 4, "learningRate": 1e-4, "checkpointEvery": 2,
                           "grpo": {"numGenerations": 3, "maxCompletionTokens": 24, "prmWeight": 0.5,
-                                   "dropUniformGroups": False, "evalProblems": 8}}}}
+                                   "dropUniformGroups": False}, "evalProblems": 8, "evalEvery": 2}}}
 
 
 def test_grpo_updates_the_generator_from_group_rewards_and_keeps_resumable_state(plan_file):
@@ -170,10 +195,16 @@ def test_grpo_updates_the_generator_from_group_rewards_and_keeps_resumable_state
     assert [step["iteration"] for step in iterations] == [1, 2, 3]
     # Rewards mix correctness (0 or 1) and half the PRM's score of the weakest step (0..1).
     assert all(0.0 <= step["reward"] <= 1.5 for step in iterations)
-    # The stage's accuracy is held-out greedy pass@1, measured before and after, not rollout accuracy.
-    assert result["accuracy"] == result["metrics"]["heldout_pass1_after"]
-    assert 0.0 <= result["metrics"]["heldout_pass1_before"] <= 1.0
-    assert result["details"]["held_out_problems"] == 8
+    # The stage's accuracy is held-out greedy pass@1, measured before, every evalEvery iterations and
+    # after (with the PRM's pick of k samples beside it), not rollout accuracy.
+    assert result["accuracy"] == result["metrics"]["held_out_accuracy_after"]
+    assert 0.0 <= result["metrics"]["held_out_accuracy_before"] <= 1.0
+    assert result["details"]["held_out_problems"] == {"arithmetic": 8}
+    evaluations = result["details"]["evaluations"]
+    assert [point["iteration"] for point in evaluations] == [0, 2, 3]
+    assert set(evaluations[-1]["arithmetic"]) == {"pass@1", "pass@k", "rm@k"}
+    assert evaluations[-1]["arithmetic"]["pass@1"] == result["accuracy"]
+    assert evaluations[0]["flops"] == 0 < evaluations[1]["flops"] < evaluations[2]["flops"]
     # RL FLOPs: sampling, the update and the PRM's scoring, per model; the reward curve carries them.
     assert result["flops"]["generator"] > 0 and result["flops"]["rewardModel"] > 0
     rewards = [point for point in result["history"] if "reward" in point]
@@ -182,7 +213,7 @@ def test_grpo_updates_the_generator_from_group_rewards_and_keeps_resumable_state
     from transformers import AutoModelForCausalLM
 
     trained = AutoModelForCausalLM.from_pretrained(job.paths.model("generator")).state_dict()
-    base = AutoModelForCausalLM.from_pretrained(job.paths.model("base")).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(job.paths.model("base") / "tiny-qwen2").state_dict()
     assert any(not torch.equal(trained[name], base[name]) for name in base)
     state = torch.load(job.paths.checkpoints("rl", "generator") / "latest" / "state.pt", weights_only=True)
     assert state["iteration"] == 3

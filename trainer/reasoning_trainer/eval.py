@@ -1,9 +1,11 @@
-"""Evaluation on GSM8K-format benchmarks: pass@1 (greedy), majority@k, RM@k and PGTS.
+"""Evaluation: pass@1 (greedy), majority@k, RM@k and PGTS on each benchmark, and their average.
 
-Recipe per benchmark: greedy solutions -> pass@1; k sampled solutions per problem ->
-majority@k (most common final answer) and RM@k (the solution whose weakest step the PRM
-scores highest); pass@k (any of the k right) is reported as the ceiling RM@k could reach;
-pgts: tree search steered by the policy the rl stage trained (its most likely actions).
+Recipe per benchmark (its answer format and prompt from the benchmark registry): greedy solutions
+-> pass@1; k sampled solutions per problem -> majority@k (most common final answer) and RM@k (the
+solution the PRM scores highest, its steps' scores aggregated per rmAggregate: by default its
+weakest step); pass@k (any of the k right) is reported as the ceiling RM@k could reach; pgts: tree
+search steered by the policy the rl stage trained (its most likely actions). With several
+benchmarks, ``average/<method>`` is the mean over those that ran it.
 """
 
 from __future__ import annotations
@@ -13,20 +15,21 @@ from collections import Counter
 
 import torch
 
-from . import models, prm
+from . import flops, models, prm
 from .checkpoints import StopRequest, is_complete
-from .data.problems import Problem, answers_match, split_solution
-from .data.sources import load_problems
-from .generation import solve
+from .data.answers import FORMATS
+from .data.problems import Problem, split_solution
+from .data.sources import benchmark_instruction, load_problems
+from .generation import prompt_ids, solve
 from .intervals import wilson
 from .job import StageJob
 from .rl import pgts
 from .rl.policy import TreePolicy
 from .rl.search import SearchModels, timed_search
+from .schema.stages import EvalSpec
 from .metrics import StageMetrics
 from .stage_result import StageResult
 
-RM_AGGREGATE = "min"
 PGTS_SEED = 2_000_003
 # Sampling is seeded per benchmark: the same models give the same figures, run after run.
 SAMPLING_SEED = 1_000_003
@@ -46,7 +49,9 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
     for number, benchmark in enumerate(benchmarks):
         problems = load_problems(benchmark, f"spec.data.eval[{number}]")
         started = time.monotonic()
-        scores = score_benchmark(job, generator, tokenizer, reward_model, prm_tokenizer, problems, searcher)
+        instruction = benchmark_instruction(benchmark, job.spec.models.generator.generation.instruction)
+        scores = score_benchmark(job, generator, tokenizer, reward_model, prm_tokenizer, problems, searcher,
+                                 instruction, metrics=metrics)
         for method, value in scores.items():
             metrics.accuracy(benchmark.name, method, value)
             result.metrics[f"{benchmark.name}/{method}"] = value
@@ -54,43 +59,83 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         metrics.progress((number + 1) / len(benchmarks))
         intervals = {method: list(wilson(round(value * len(problems)), len(problems)))
                      for method, value in scores.items()}
-        result.details[benchmark.name] = {"problems": len(problems), **scores, "ci95": intervals}
+        result.details[benchmark.name] = {"problems": len(problems), "answerFormat": problems[0].answer_format
+                                          if problems else None, **scores, "ci95": intervals}
     first = benchmarks[0].name if benchmarks else None
     result.accuracy = result.metrics.get(f"{first}/pass@1")
+    if len(benchmarks) > 1:
+        average = averages({benchmark.name: result.details[benchmark.name] for benchmark in benchmarks})
+        for method, value in average.items():
+            metrics.accuracy("average", method, value)
+            result.metrics[f"average/{method}"] = value
+        result.details["average"] = average
+        result.accuracy = average.get("pass@1", result.accuracy)
     return result
 
 
+def averages(per_benchmark: dict[str, dict]) -> dict[str, float]:
+    """Each method's mean over the benchmarks that scored it (each benchmark weighs the same, as the
+    research's tables average them)."""
+    methods = {key for scores in per_benchmark.values() for key, value in scores.items() if isinstance(value, float)}
+    found = {}
+    for method in sorted(methods):
+        values = [scores[method] for scores in per_benchmark.values() if isinstance(scores.get(method), float)]
+        found[method] = sum(values) / len(values)
+    return found
+
+
 def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_tokenizer,
-                    problems: list[Problem], searcher=None) -> dict[str, float]:
-    evaluation, generation = job.spec.stages.eval, job.spec.models.generator.generation
+                    problems: list[Problem], searcher=None, instruction: str | None = None,
+                    evaluation: EvalSpec | None = None, metrics: StageMetrics | None = None) -> dict[str, float]:
+    """The methods of ``evaluation`` (the eval stage's settings by default) on one benchmark's problems;
+    with ``metrics``, the FLOPs they spend (generation, the PRM's scoring, the search) go there."""
+    evaluation = evaluation or job.spec.stages.eval
+    generation = job.spec.models.generator.generation
     separator = job.spec.step_separator
     questions = [problem.question for problem in problems]
+    instruction = generation.instruction if instruction is None else instruction
 
-    def sample(count: int, temperature: float) -> list[list[str]]:
-        return solve(generator, tokenizer, questions, samples=count, max_new_tokens=evaluation.max_new_tokens,
-                     max_prompt_tokens=generation.max_prompt_tokens, temperature=temperature,
-                     top_p=generation.top_p, batch_size=evaluation.batch_size,
-                     instruction=generation.instruction)
+    def sample(count: int, temperature: float) -> list[list[tuple[list[str], str | None]]]:
+        texts = solve(generator, tokenizer, questions, samples=count, max_new_tokens=evaluation.max_new_tokens,
+                      max_prompt_tokens=generation.max_prompt_tokens, temperature=temperature,
+                      top_p=generation.top_p, batch_size=evaluation.batch_size, instruction=instruction)
+        if metrics is not None:
+            _count_generation(metrics, generator, tokenizer, questions, instruction, texts)
+        return [[split_solution(text, separator, problem.answer_format) for text in outputs]
+                for outputs, problem in zip(texts, problems)]
 
     scores = {}
     torch.manual_seed(SAMPLING_SEED)
     if "pass@1" in evaluation.methods:
-        greedy = [split_solution(texts[0], separator) for texts in sample(1, 0.0)]
-        scores["pass@1"] = _share(answers_match(answer, p.answer) for (_, answer), p in zip(greedy, problems))
+        greedy = [solutions[0] for solutions in sample(1, 0.0)]
+        scores["pass@1"] = _share(p.solved_by(answer) for (_, answer), p in zip(greedy, problems))
     if any(method in evaluation.methods for method in ("rm@k", "majority@k")):
-        samples = [[split_solution(text, separator) for text in texts]
-                   for texts in sample(evaluation.k, evaluation.temperature)]
-        scores["pass@k"] = _share(any(answers_match(a, p.answer) for _, a in s) for s, p in zip(samples, problems))
+        samples = sample(evaluation.k, evaluation.temperature)
+        scores["pass@k"] = _share(any(p.solved_by(a) for _, a in s) for s, p in zip(samples, problems))
         if "majority@k" in evaluation.methods:
-            scores["majority@k"] = _share(answers_match(majority(s), p.answer) for s, p in zip(samples, problems))
+            scores["majority@k"] = _share(p.solved_by(majority(s, p.answer_format)) for s, p in zip(samples, problems))
         if "rm@k" in evaluation.methods:
-            picks = best_by_prm(job, reward_model, prm_tokenizer, questions, samples)
-            scores["rm@k"] = _share(answers_match(a, p.answer) for a, p in zip(picks, problems))
+            picks = best_by_prm(job, reward_model, prm_tokenizer, problems, samples, evaluation.batch_size,
+                                evaluation.rm_aggregate, metrics)
+            scores["rm@k"] = _share(p.solved_by(a) for a, p in zip(picks, problems))
     if searcher is not None:
         seeds = [PGTS_SEED + number for number in range(len(problems))]
-        episodes, _ = timed_search(searcher, pgts.planned_limits(job), problems, seeds, greedy_actions=True)
+        episodes, found = timed_search(searcher, pgts.planned_limits(job), problems, seeds, greedy_actions=True)
         scores["pgts"] = _share(episode.correct for episode in episodes)
+        if metrics is not None:  # each step's tokens, generated and scored, attending to at most its tree
+            tokens = sum(episode.tokens for episode in episodes)
+            for role, model in (("generator", searcher.generator), ("rewardModel", searcher.reward_model)):
+                metrics.flops(role, flops.forward(flops.Shape.of(model), tokens, found.tokens_per_problem))
     return scores
+
+
+def _count_generation(metrics: StageMetrics, generator, tokenizer, questions: list[str], instruction: str,
+                      texts: list[list[str]]) -> None:
+    prompts = [len(prompt_ids(tokenizer, question, instruction)) for question in questions]
+    generated = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for outputs in texts for text in outputs]
+    if generated:
+        metrics.flops("generator", flops.generation(flops.Shape.of(generator), len(generated),
+                                                    sum(prompts) / len(prompts), sum(generated) / len(generated)))
 
 
 def _searcher(job: StageJob, generator, tokenizer, reward_model, prm_tokenizer) -> SearchModels:
@@ -105,24 +150,33 @@ def _searcher(job: StageJob, generator, tokenizer, reward_model, prm_tokenizer) 
                         generation.max_new_tokens, generation.max_prompt_tokens, generation.instruction)
 
 
-def majority(solutions: list[tuple[list[str], str | None]]) -> str | None:
-    """The most common final answer (numerically equal answers count together; first seen wins ties)."""
+def majority(solutions: list[tuple[list[str], str | None]], answer_format: str = "gsm8k") -> str | None:
+    """The most common final answer (answers with the same vote key count together: 0.5 and 1/2 are one
+    number; the first seen wins ties)."""
     answers = [answer for _, answer in solutions if answer is not None]
     if not answers:
         return None
-    return Counter(answers).most_common(1)[0][0]
+    key = FORMATS[answer_format].vote_key
+    counts = Counter(key(answer) for answer in answers)
+    best = max(counts.values())
+    return next(answer for answer in answers if counts[key(answer)] == best)
 
 
-def best_by_prm(job: StageJob, reward_model, tokenizer, questions: list[str],
-                samples: list[list[tuple[list[str], str | None]]]) -> list[str | None]:
+def best_by_prm(job: StageJob, reward_model, tokenizer, problems: list[Problem],
+                samples: list[list[tuple[list[str], str | None]]], batch_size: int,
+                how: str = "min", metrics: StageMetrics | None = None) -> list[str | None]:
     """For each problem, the final answer of the sample the PRM trusts most."""
-    flat = [(question, prm.prm_steps(steps, answer or "")) for question, solutions in zip(questions, samples)
-            for steps, answer in solutions]
-    step_scores = prm.score(reward_model, tokenizer, flat, job.spec.step_separator,
-                            job.spec.stages.eval.batch_size, max_tokens=4096)
+    flat = [(problem.question, prm.prm_steps(steps, answer or "", problem.answer_format))
+            for problem, solutions in zip(problems, samples) for steps, answer in solutions]
+    step_scores = prm.score(reward_model, tokenizer, flat, job.spec.step_separator, batch_size, max_tokens=4096)
+    if metrics is not None and flat:
+        separator = job.spec.step_separator
+        lengths = [len(tokenizer(question + separator.join(steps))["input_ids"]) for question, steps in flat]
+        metrics.flops("rewardModel", sum(flops.forward(flops.Shape.of(reward_model), length, length / 2)
+                                         for length in lengths))
     picks, cursor = [], 0
     for solutions in samples:
-        trace_scores = [prm.aggregate(s, RM_AGGREGATE) for s in step_scores[cursor:cursor + len(solutions)]]
+        trace_scores = [prm.aggregate(s, how) for s in step_scores[cursor:cursor + len(solutions)]]
         cursor += len(solutions)
         best = max(range(len(solutions)), key=trace_scores.__getitem__)
         picks.append(solutions[best][1])

@@ -75,3 +75,8 @@ class RunPaths:
     @property
     def selected(self) -> Path:
         return self.stage("select") / "selected.jsonl"
+
+    @property
+    def pool(self) -> Path:
+        """Every trace the select stage scored, the ones it kept among them (sft.compareWithPool)."""
+        return self.stage("select") / "pool.jsonl"

@@ -60,6 +60,16 @@ GPU_METRICS = {
 }
 
 
+def memory_in_use_gib() -> float:
+    """What the stage holds now: the most tensor memory on any GPU, or the process's resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return max(torch.cuda.memory_allocated(index) for index in range(torch.cuda.device_count())) / 2**30
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
 @dataclass
 class StageMetrics:
     """The metrics of one stage process, and the history the report draws."""
@@ -108,6 +118,8 @@ class StageMetrics:
         self._step = max(self._step, step)
         if seconds > 0:
             self._set("rto_tokens_per_second", tokens / seconds, role=role)
+        # Time and memory against FLOPs, early and late in the stage: the report's cost figure.
+        self._record({"step": step, "role": role, "step_seconds": seconds, "memory_gib": memory_in_use_gib()})
 
     def flops(self, role: str, amount: float) -> None:
         """FLOPs just spent by ``role``'s model (reasoning_trainer.flops counts them)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers import (
@@ -32,10 +33,11 @@ def model_spec(job: StageJob, role: str) -> LanguageModelSpec:
     return job.spec.models.generator if role == "generator" else job.spec.models.reward_model
 
 
-def source(job: StageJob, role: str) -> str:
-    """Where this stage reads the model from: the run's trained copy if there is one."""
+def source(job: StageJob, role: str, fresh: bool = False) -> str:
+    """Where this stage reads the model from: the run's trained copy if there is one (unless ``fresh``:
+    the spec's model, what the run started from)."""
     trained = job.paths.model(ROLE_DIRS[role])
-    return str(trained) if is_complete(trained) else model_spec(job, role).name
+    return str(trained) if is_complete(trained) and not fresh else model_spec(job, role).name
 
 
 def device_for(job: StageJob, stage: str, role: str) -> torch.device:
@@ -61,19 +63,56 @@ def load_tokenizer(job: StageJob, role: str = "generator") -> PreTrainedTokenize
     return tokenizer
 
 
-def load_generator(job: StageJob, stage: str, trainable: bool = False):
-    """The generator as a causal LM on its planned device (with LoRA adapters when trainable)."""
-    return _load(job, stage, "generator", AutoModelForCausalLM, trainable, {})
+def load_generator(job: StageJob, stage: str, trainable: bool = False, fresh: bool = False):
+    """The generator as a causal LM on its planned device (with LoRA adapters when trainable); ``fresh``:
+    the model the run started from, not its trained copy."""
+    return _load(job, stage, "generator", AutoModelForCausalLM, trainable, {}, fresh)
 
 
 def load_reward_model(job: StageJob, stage: str, trainable: bool = False):
-    """The PRM: the base model with a two-way step classification head (token classification)."""
+    """The PRM: the base model with a two-way step classification head (token classification), or a
+    published PRM as it is (stepToken), wrapped so that prm.score encodes steps the way it was trained."""
     spec = job.spec.models.reward_model
+    if spec.step_token:
+        return PublishedPrm(_load(job, stage, "rewardModel", _published_class(job), False, {}), load_tokenizer(
+            job, "rewardModel"), spec.step_token, spec.system_prompt)
     extra = {"num_labels": STEP_LABELS, "classifier_dropout": spec.dropout}
     return _load(job, stage, "rewardModel", AutoModelForTokenClassification, trainable, extra)
 
 
-def _load(job, stage, role, auto_class, trainable, extra):
+class PublishedPrm(torch.nn.Module):
+    """A published PRM (Qwen2.5-Math-PRM style): per-token logits of two classes, read at the step token
+    that ends each step of the assistant turn. ``logits`` of its output are the model's, whatever class
+    its own code returns."""
+
+    def __init__(self, model, tokenizer, step_token: str, system_prompt: str):
+        super().__init__()
+        self.model, self.system_prompt = model, system_prompt
+        ids = tokenizer(step_token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"spec.models.rewardModel.stepToken: {step_token!r} is {len(ids)} tokens in this "
+                             f"model's tokenizer, not one; name the token the PRM was trained with")
+        self.step_token, self.step_token_id = step_token, ids[0]
+
+    def forward(self, **inputs):
+        out = self.model(**inputs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return SimpleNamespace(logits=logits)
+
+
+def _published_class(job: StageJob):
+    """Its own token-classification class when the checkpoint is one, else the class its code defines."""
+    spec = job.spec.models.reward_model
+    config = AutoConfig.from_pretrained(source(job, "rewardModel"), revision=spec.revision, token=_hub_token(),
+                                        trust_remote_code=spec.trust_remote_code)
+    if any(name.endswith("ForTokenClassification") for name in (config.architectures or [])):
+        return AutoModelForTokenClassification
+    from transformers import AutoModel
+
+    return AutoModel
+
+
+def _load(job, stage, role, auto_class, trainable, extra, fresh=False):
     spec = model_spec(job, role)
     plan = job.stage_plan(stage)
     device = device_for(job, stage, role)
@@ -81,11 +120,11 @@ def _load(job, stage, role, auto_class, trainable, extra):
     # the planner's 16 bytes per trained parameter assume; frozen and LoRA bases load in spec.dtype.
     dtype = torch.float32 if trainable and spec.lora is None else getattr(torch, spec.dtype)
     eight_bit = bool(plan["load_in_8bit"].get(role, False))
-    where = source(job, role)
+    where = source(job, role, fresh)
     if where.startswith(EMBEDDED_PREFIX):
         where = str(_embedded_base(job, where))
     attention = attention_kernel(job, stage, role, trainable, device)
-    model = _pretrained(job, role, where, auto_class, dtype, eight_bit, device, attention, extra)
+    model = _pretrained(job, role, where, auto_class, dtype, eight_bit, device, attention, extra, fresh)
     if not eight_bit:
         model.to(device)
     if trainable and spec.lora is not None and not _has_adapters(model):
@@ -96,13 +135,13 @@ def _load(job, stage, role, auto_class, trainable, extra):
 
 
 def _embedded_base(job: StageJob, name: str) -> Path:
-    """The embedded model, pretrained on arithmetic facts once per run (pretrain.py)."""
+    """The embedded model of that shape, pretrained once per run (pretrain.py) in models/base/<shape>."""
     from . import pretrain
 
-    target = job.paths.model("base")
+    shape = name.removeprefix(EMBEDDED_PREFIX)
+    target = job.paths.model("base") / shape
     if not is_complete(target):
-        arch = EMBEDDED[name.removeprefix(EMBEDDED_PREFIX)]
-        pretrain.build_base(arch, load_tokenizer(job), job.spec.step_separator, target)
+        pretrain.build_base(EMBEDDED[shape], load_tokenizer(job), job.spec.step_separator, target)
     return target
 
 
@@ -117,8 +156,10 @@ def attention_kernel(job: StageJob, stage: str, role: str, trainable: bool, devi
     return "flex_attention" if packed_sft and device.type == "cuda" else "sdpa"
 
 
-def _pretrained(job, role, where, auto_class, dtype, eight_bit, device, attention, extra):
-    options = dict(dtype=dtype, revision=_revision(job, role), token=_hub_token(), attn_implementation=attention)
+def _pretrained(job, role, where, auto_class, dtype, eight_bit, device, attention, extra, fresh=False):
+    revision = model_spec(job, role).revision if fresh else _revision(job, role)
+    options = dict(dtype=dtype, revision=revision, token=_hub_token(), attn_implementation=attention,
+                   trust_remote_code=model_spec(job, role).trust_remote_code)
     if extra:  # head settings (labels, dropout) that only the config takes
         options["config"] = AutoConfig.from_pretrained(where, revision=options["revision"], token=options["token"],
                                                        **extra)

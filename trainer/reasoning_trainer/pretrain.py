@@ -1,11 +1,13 @@
-"""Pretraining of the embedded tiny model: what a hub model brings to post-training.
+"""Pretraining of the embedded tiny model: what a hub Instruct model brings to post-training.
 
-A hub model arrives knowing arithmetic; a randomly initialised one does not, and a PRM
-cannot learn to spot a wrong sum from a few labels per solution when its base has never
-seen a right one. So the embedded model is first trained as a plain language model on
-arithmetic facts ("13 + 2 = 15"), with no questions and no chat format: it knows the
-facts, not the task. Post-training starts from it exactly as it would from a hub model.
-It is built once per run (deterministically) and kept in ``<outputDir>/models/base``.
+A hub Instruct model arrives knowing arithmetic and able to solve some of the task already
+(Qwen2.5-3B-Instruct solves most of GSM8K); a randomly initialised one knows nothing. So the
+embedded model is built in two phases: a plain language model on arithmetic facts ("13 + 2 = 15",
+no questions), then the worked problems of a split of its own ("pretrain", never the test
+split's compositions), in the chat format. It ends uncertain on held-out problems (about half
+right, its samples spread over right and wrong answers), which leaves select, sft and RL room to
+improve it, as they would a hub model. Built once per run (deterministically) and kept in
+``<outputDir>/models/base``.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, get_cosine_schedule_with_warmup
 
 from .checkpoints import atomic_dir
+from .data import embedded
 from .data.embedded import MAX_OPERAND, MAX_VALUE
+from .data.problems import reference_trace
 from .planner.architectures import Architecture
 
 log = logging.getLogger(__name__)
 
 SEED = 1234
-SEQUENCES, FACTS_PER_SEQUENCE, BATCH, EPOCHS, LEARNING_RATE, WARMUP = 2000, 6, 16, 3, 1e-3, 50
+FACT_SEQUENCES, FACTS_PER_SEQUENCE, FACT_EPOCHS = 2000, 6, 3
+WORKED_PROBLEMS, WORKED_EPOCHS = 2500, 5
+BATCH, LEARNING_RATE, WARMUP_SHARE = 16, 1e-3, 0.05
+IGNORE = -100
 
 
 def arithmetic_facts() -> list[str]:
@@ -39,7 +46,7 @@ def arithmetic_facts() -> list[str]:
 
 
 def build_base(arch: Architecture, tokenizer, separator: str, target: Path) -> Path:
-    """Pretrain the embedded model on arithmetic facts and save it (with its tokenizer) at target."""
+    """Pretrain the embedded model (facts, then worked problems) and save it with its tokenizer at target."""
     torch.manual_seed(SEED)
     config = Qwen2Config(
         vocab_size=arch.vocab, hidden_size=arch.hidden, num_hidden_layers=arch.layers,
@@ -48,32 +55,59 @@ def build_base(arch: Architecture, tokenizer, separator: str, target: Path) -> P
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     model = Qwen2ForCausalLM(config)
-    batches = _batches(tokenizer, separator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
-    # Warm-up and gradient clipping matter here: without them the facts take ten times longer.
-    schedule = get_cosine_schedule_with_warmup(optimizer, WARMUP, len(batches) * EPOCHS)
-    model.train()
-    for epoch in range(EPOCHS):
-        for batch in batches:
-            loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-        log.info("embedded base pretraining: epoch %d/%d, loss %.3f", epoch + 1, EPOCHS, loss.item())
+    _fit(model, "arithmetic facts", _fact_rows(tokenizer, separator), FACT_EPOCHS, tokenizer.pad_token_id)
+    _fit(model, "worked problems", _worked_rows(tokenizer, separator), WORKED_EPOCHS, tokenizer.pad_token_id)
     with atomic_dir(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return target
 
 
-def _batches(tokenizer, separator: str) -> list[torch.Tensor]:
+def _fact_rows(tokenizer, separator: str) -> list[tuple[list[int], list[int]]]:
     rng = random.Random(SEED)
     facts = arithmetic_facts()
-    # Equal-length rows (every fact is whole tokens and ends with the separator) need no padding.
     rows = [tokenizer(separator.join(rng.sample(facts, FACTS_PER_SEQUENCE)) + separator,
-                      add_special_tokens=False)["input_ids"] for _ in range(SEQUENCES)]
-    width = min(len(row) for row in rows)
-    tensor = torch.tensor([row[:width] for row in rows])
-    return list(tensor.split(BATCH))
+                      add_special_tokens=False)["input_ids"] for _ in range(FACT_SEQUENCES)]
+    return [(row, row) for row in rows]
+
+
+def _worked_rows(tokenizer, separator: str) -> list[tuple[list[int], list[int]]]:
+    from .sft import example
+
+    worked = embedded.problems(WORKED_PROBLEMS, seed=SEED, split="pretrain")
+    made = [example(tokenizer, reference_trace(problem), separator, 512) for problem in worked]
+    return [(item["input_ids"], item["labels"]) for item in made]
+
+
+def _fit(model, what: str, rows: list[tuple[list[int], list[int]]], epochs: int, pad_id: int) -> None:
+    steps_per_epoch = -(-len(rows) // BATCH)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    # Warm-up and gradient clipping matter here: without them the facts take ten times longer.
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, int(WARMUP_SHARE * steps_per_epoch * epochs)),
+                                               steps_per_epoch * epochs)
+    rng = random.Random(SEED)
+    rows = list(rows)
+    model.train()
+    for epoch in range(epochs):
+        rng.shuffle(rows)
+        for start in range(0, len(rows), BATCH):
+            ids, mask, labels = _batch(rows[start:start + BATCH], pad_id)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+        log.info("embedded base pretraining on %s: epoch %d/%d, loss %.3f", what, epoch + 1, epochs, loss.item())
+
+
+def _batch(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (tokens, targets) in enumerate(rows):
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+        labels[row, :len(targets)] = torch.tensor(targets)
+        mask[row, :len(tokens)] = 1
+    return ids, mask, labels

@@ -9,24 +9,25 @@ last score is the PRM's verdict on the outcome.
 
 from __future__ import annotations
 
-import random
+import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-from transformers import DataCollatorForTokenClassification, Trainer
+from transformers import Trainer
 
-from . import models, training
+from . import label_sources, models, training
 from .checkpoints import StopRequest
-from .data.problems import FINAL_MARK, Problem, Trace, corrupt, reference_trace
-from .data.sources import load_problems
+from .data.answers import FINAL_MARK
+from .data.problems import Trace
 from .generation import prompt_ids
 from .job import StageJob
 from .metrics import StageMetrics
-from .prm_labels import Sampling, monte_carlo_traces, position_baseline
+from .prm_labels import position_baseline
 
 IGNORE = -100
-VALIDATION_SHARE = 0.1
+LABELLING_SHARE = 0.4
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,10 @@ class Encoded:
     positions: list[int]  # index of each scored step's last separator token
 
 
-def prm_steps(steps, answer: str) -> list[str]:
-    return [*steps, f"{FINAL_MARK} {answer}"]
+def prm_steps(steps, answer: str, answer_format: str = "gsm8k") -> list[str]:
+    """What the PRM scores: the reasoning steps, then the ``#### N`` line (its verdict on the outcome).
+    A boxed or lettered answer is inside the last step already."""
+    return [*steps, f"{FINAL_MARK} {answer}"] if answer_format == "gsm8k" else list(steps)
 
 
 def encode(tokenizer, question: str, steps: list[str], separator: str, max_tokens: int) -> Encoded:
@@ -53,11 +56,29 @@ def encode(tokenizer, question: str, steps: list[str], separator: str, max_token
     return Encoded(ids, positions)
 
 
+def encode_published(tokenizer, question: str, steps: list[str], step_token: str, step_token_id: int,
+                     system_prompt: str, max_tokens: int) -> Encoded:
+    """A published PRM's input: the chat with the steps joined by its step token in the assistant turn;
+    the scores are read at each step token. Steps past max_tokens are left out."""
+    messages = [{"role": "user", "content": question},
+                {"role": "assistant", "content": "".join(step + step_token for step in steps)}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
+    positions = [index for index, token in enumerate(ids) if token == step_token_id]
+    kept = [position for position in positions if position < max_tokens]
+    return Encoded(ids[: kept[-1] + 1] if kept else ids[:max_tokens], kept)
+
+
 @torch.no_grad()
 def score(model, tokenizer, solutions: list[tuple[str, list[str]]], separator: str, batch_size: int,
           max_tokens: int) -> list[list[float]]:
     """P(step is correct) for every step of every (question, steps) solution."""
-    encoded = [encode(tokenizer, question, steps, separator, max_tokens) for question, steps in solutions]
+    if step_token := getattr(model, "step_token", None):
+        encoded = [encode_published(tokenizer, question, steps, step_token, model.step_token_id,
+                                    model.system_prompt, max_tokens) for question, steps in solutions]
+    else:
+        encoded = [encode(tokenizer, question, steps, separator, max_tokens) for question, steps in solutions]
     device = next(model.parameters()).device
     scores: list[list[float]] = []
     for start in range(0, len(encoded), batch_size):
@@ -75,120 +96,113 @@ def score(model, tokenizer, solutions: list[tuple[str, list[str]]], separator: s
 
 
 def aggregate(step_scores: list[float], how: str) -> float:
+    """One score of a solution from its steps' scores: min, last, product or mean."""
     if not step_scores:
         return 0.0
     if how == "min":
         return min(step_scores)
     if how == "last":
         return step_scores[-1]
+    if how == "product":
+        return math.prod(step_scores)
     return sum(step_scores) / len(step_scores)
 
 
-def step_label_traces(problems: list[Problem], incorrect_per_problem: int, seed: int) -> list[Trace]:
-    """Each problem's reference solution plus corrupted copies with their step labels."""
-    rng = random.Random(seed)
-    traces = []
-    for problem in problems:
-        reference = reference_trace(problem)
-        traces.append(reference)
-        traces += [corrupt(reference, rng) for _ in range(incorrect_per_problem)]
-    return traces
-
-
 def labelled_steps(trace: Trace) -> tuple[list[str], list[bool]]:
-    """Steps plus the final-answer line; the answer line is correct only if every step is and the
-    answer is right."""
-    return prm_steps(trace.steps, trace.answer), [*trace.labels, all(trace.labels) and trace.correct]
+    """What the PRM scores and each part's label: the steps, then (GSM8K format) the final-answer line,
+    right only if every step is and the answer is right."""
+    steps = prm_steps(trace.steps, trace.answer, trace.problem.answer_format)
+    if len(steps) == len(trace.labels):
+        return steps, list(trace.labels)
+    return steps, [*trace.labels, all(trace.labels) and trace.correct]
+
+
+def soft_targets(trace: Trace) -> list[float]:
+    """Each scored part's target probability: the Monte-Carlo share where known, else its hard label."""
+    steps, labels = labelled_steps(trace)
+    shares = list(trace.shares) if trace.shares is not None else [float(label) for label in trace.labels]
+    return shares + [float(label) for label in labels[len(shares):]]
 
 
 def train_reward_model(job: StageJob, stage: str, metrics: StageMetrics, stop: StopRequest,
                        progress_span: tuple[float, float]) -> dict:
-    """Train the PRM on step labels; save it for later stages; return its step metrics."""
+    """Train the PRM on the step labels sft.prmLabels names (label_sources.py), judge it before and
+    after on held-out generator samples against a position-only baseline, and save it."""
     sft = job.spec.stages.sft
     separator = job.spec.models.reward_model.step_separator
+    started = time.monotonic()
+    labelled = label_sources.gather(job, stage, metrics)
+    labelling_seconds = time.monotonic() - started
+    # Labelling (sampling) takes about as long as training on the labels: report it as its share.
+    labelled_at = progress_span[0] + LABELLING_SHARE * (progress_span[1] - progress_span[0])
+    metrics.progress(labelled_at)
     tokenizer = models.load_tokenizer(job, "rewardModel")
-    problems = load_problems(job.spec.data.train, "spec.data.train")
-    if sft.max_examples:
-        problems = problems[: sft.max_examples]
-    held_out = max(1, int(len(problems) * VALIDATION_SHARE))
-    train_traces = step_label_traces(problems[held_out:], sft.incorrect_per_problem, seed=0)
-    validation = step_label_traces(problems[:held_out], max(sft.incorrect_per_problem, 1), seed=1)
-
     model = models.load_reward_model(job, stage, trainable=True)
-    before = evaluate(model, tokenizer, validation, separator, sft.max_seq_length)
-    dataset = [_example(tokenizer, trace, separator, sft.max_seq_length) for trace in train_traces]
-    arguments = training.training_arguments(sft, job.stage_plan(stage), job.paths.checkpoints(stage, "reward-model"),
+    validation = labelled.validation
+    baseline = position_baseline([labelled_steps(t)[1] for t in labelled.train],
+                                 [labelled_steps(t)[1] for t in validation])
+    before = evaluate(model, tokenizer, validation, separator, sft.max_seq_length, baseline)
+    dataset = [_example(tokenizer, trace, separator, sft.max_seq_length, sft.prm_soft_labels)
+               for trace in labelled.train]
+    epochs = sft.monte_carlo.epochs if "montecarlo" in sft.prm_labels else sft.epochs
+    hyper = {"epochs": epochs, "learning_rate": sft.prm_learning_rate or sft.learning_rate}
+    arguments = training.training_arguments(sft.model_copy(update=hyper), job.stage_plan(stage),
+                                            job.paths.checkpoints(stage, "reward-model"),
                                             job.spec.models.reward_model.dtype, training.on_gpu())
-    outcome = _fit(model, tokenizer, dataset, arguments, metrics, stop, progress_span)
+    outcome = _fit(model, tokenizer, dataset, arguments, metrics, stop, (labelled_at, progress_span[1]))
     model.eval()
-    after = evaluate(model, tokenizer, validation, separator, sft.max_seq_length)
+    after = evaluate(model, tokenizer, validation, separator, sft.max_seq_length, baseline)
     for name, value in after.items():
         metrics.accuracy("prm-validation", name, value, step=outcome.steps)
     models.save_trained(model, tokenizer, job.paths.model("reward-model"))
     return {
+        "labels": list(sft.prm_labels), "soft_labels": sft.prm_soft_labels, **labelled.counts,
+        "validation": labelled.validation_kind, "labelling_seconds": round(labelling_seconds, 1),
         "steps": outcome.steps, "resumed_from_step": outcome.resumed_from_step, "final_loss": outcome.final_loss,
-        "train_traces": len(train_traces), "validation_traces": len(validation),
+        "train_traces": len(labelled.train), "validation_traces": len(validation),
         "before": before, "after": after, "checkpoint": str(job.paths.model("reward-model")),
     }
 
 
-def train_on_generator_samples(job: StageJob, metrics: StageMetrics, stop: StopRequest,
-                               progress_span: tuple[float, float]) -> dict:
-    """Train the PRM further on Monte-Carlo step labels of the trained generator's own solutions
-    (prm_labels.py), judged on other problems' samples against a position-only baseline."""
-    sft, generation = job.spec.stages.sft, job.spec.models.generator.generation
-    spec, separator = sft.monte_carlo, job.spec.models.reward_model.step_separator
-    problems = load_problems(job.spec.data.train, "spec.data.train")
-    held_out = max(1, int(min(len(problems), spec.problems) * VALIDATION_SHARE))
-    evaluation = job.spec.stages.eval
-    sampling = Sampling(spec.samples_per_problem, spec.completions, spec.max_new_tokens, generation.max_prompt_tokens,
-                        generation.temperature, generation.top_p, evaluation.batch_size if evaluation else 32,
-                        generation.instruction)
-    generator = models.load_generator(job, "sft")  # the generator this stage just trained
-    generator_tokenizer = models.load_tokenizer(job, "generator")
-    started = time.monotonic()
-    train_traces, _ = monte_carlo_traces(generator, generator_tokenizer, problems[held_out:held_out + spec.problems],
-                                         separator, sampling, seed=0)
-    validation, _ = monte_carlo_traces(generator, generator_tokenizer, problems[:held_out], separator, sampling,
-                                       seed=1)
-    labelling_seconds = time.monotonic() - started
-    del generator
-    tokenizer = models.load_tokenizer(job, "rewardModel")
-    model = models.load_reward_model(job, "sft", trainable=True)
-    baseline = position_baseline([labelled_steps(t)[1] for t in train_traces],
-                                 [labelled_steps(t)[1] for t in validation])
-    before = evaluate(model, tokenizer, validation, separator, sft.max_seq_length, baseline)
-    dataset = [_example(tokenizer, trace, separator, sft.max_seq_length) for trace in train_traces]
-    arguments = training.training_arguments(sft.model_copy(update={"epochs": spec.epochs}), job.stage_plan("sft"),
-                                            job.paths.checkpoints("sft", "reward-model-montecarlo"),
-                                            job.spec.models.reward_model.dtype, training.on_gpu())
-    outcome = _fit(model, tokenizer, dataset, arguments, metrics, stop, progress_span)
-    model.eval()
-    after = evaluate(model, tokenizer, validation, separator, sft.max_seq_length, baseline)
-    for name, value in after.items():
-        metrics.accuracy("prm-generator-samples", name, value, step=outcome.steps)
-    models.save_trained(model, tokenizer, job.paths.model("reward-model"))
-    wrong = sum(not all(labelled_steps(t)[1]) for t in train_traces)
-    return {"labels": "montecarlo", "steps": outcome.steps, "final_loss": outcome.final_loss,
-            "train_traces": len(train_traces), "train_traces_with_a_wrong_step": wrong,
-            "validation_traces": len(validation), "labelling_seconds": labelling_seconds,
-            "before": before, "after": after, "checkpoint": str(job.paths.model("reward-model"))}
-
-
 def _fit(model, tokenizer, dataset, arguments, metrics, stop, progress_span):
-    tokenizer.padding_side = "right"
     trainer = Trainer(model=model, args=arguments, train_dataset=dataset,
-                      data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE))
+                      data_collator=partial(_collate, pad_id=tokenizer.pad_token_id),
+                      compute_loss_func=_step_loss)
     return training.train(trainer, "rewardModel", metrics, stop, progress_span)
 
 
-def _example(tokenizer, trace: Trace, separator: str, max_tokens: int) -> dict:
+def _example(tokenizer, trace: Trace, separator: str, max_tokens: int, soft: bool) -> dict:
     steps, labels = labelled_steps(trace)
     encoded = encode(tokenizer, trace.problem.question, steps, separator, max_tokens)
-    targets = [IGNORE] * len(encoded.input_ids)
-    for position, label in zip(encoded.positions, labels):
-        targets[position] = int(label)
+    targets = [float(IGNORE)] * len(encoded.input_ids)
+    values = soft_targets(trace) if soft else [float(label) for label in labels]
+    for position, value in zip(encoded.positions, values):
+        targets[position] = value
     return {"input_ids": encoded.input_ids, "labels": targets}
+
+
+def _collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids and float targets (IGNORE off the scored positions): hard labels are 0.0 / 1.0,
+    soft labels the Monte-Carlo share."""
+    width = max(len(row["input_ids"]) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), float(IGNORE))
+    for index, row in enumerate(rows):
+        ids[index, :len(row["input_ids"])] = torch.tensor(row["input_ids"])
+        mask[index, :len(row["input_ids"])] = 1
+        labels[index, :len(row["labels"])] = torch.tensor(row["labels"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _step_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy of the two-way step head against the target probability of "right" at each
+    scored position: with hard targets, the usual classification loss."""
+    scored = labels != IGNORE
+    logprobs = torch.log_softmax(outputs.logits.float(), dim=-1)[scored]
+    target = labels[scored].to(logprobs.dtype)
+    losses = -(target * logprobs[:, 1] + (1 - target) * logprobs[:, 0])
+    return losses.sum() / (num_items_in_batch if num_items_in_batch else max(len(losses), 1))
 
 
 def evaluate(model, tokenizer, traces: list[Trace], separator: str, max_tokens: int,

@@ -1,9 +1,17 @@
 """A deterministic generator of GSM8K-format arithmetic word problems (no download needed).
 
-Problems chain one to three additions and subtractions of numbers up to 5 with counts that
-stay within 0..20: a few hundred facts, which the tiny embedded model learns on a CPU in
-minutes. Every solution step is one equation. The select stage's raw trace pool mixes
-correct and corrupted solutions (problems.corrupt).
+A problem chains one to four additions and subtractions (operands 1-5, counts within 0-15), one
+equation per step. The splits are honest on two counts. A problem's composition is its sequence of
+actions (finds, sells, gives away, ...), and one composition of two or more steps in four is held
+out; so is one step chain (the sequence of equations) in four, since two compositions can give the
+same equations (finds and buys both add). Test problems have both held out, train problems (and
+every other split) neither: no test problem repeats a training problem's composition or step chain.
+Test problems take two to four steps. Holding out operation sequences (+ - -) instead was measured:
+the model then fails the unseen patterns the same way every time. Held-out chain lengths or number ranges were tried and rejected: a tiny
+model then fails them the same way every time (pass@4 equal to pass@1), which leaves search,
+selection and RL nothing to win; the held-out compositions at these lengths leave it uncertain
+(bench/RESULTS.md). The select stage's pool is sampled from the generator (select.py); the
+synthetic pool here (correct and corrupted reference solutions) remains for offline tests.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from .problems import Problem, Trace, corrupt, reference_trace
 
 NAMES = ("Ava", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eli", "Amy", "Tom", "Kai")
 ITEMS = ("apples", "books", "coins", "cards", "shells", "stamps", "pens", "rocks", "eggs", "toys")
-# (verb phrase, operator) pairs; {n} is the operand.
+# (verb phrase, operator) pairs; {n} is the operand. A phrase's first word names its action.
 ACTIONS = (
     ("finds {n} more", "+"),
     ("buys {n} more", "+"),
@@ -24,44 +32,52 @@ ACTIONS = (
     ("loses {n}", "-"),
     ("sells {n}", "-"),
 )
-MAX_VALUE, MAX_OPERAND = 9, 4
+MAX_VALUE, MAX_OPERAND = 15, 5
+TRAIN_STEPS, TEST_STEPS = (1, 2, 3, 4), (2, 3, 4)
+HELD_OUT_ONE_IN = 4
 
 
 def problems(size: int, seed: int, split: str = "train") -> list[Problem]:
-    """``size`` problems; the same (seed, split) always gives the same problems, and the test
-    split's questions never appear in the train split."""
+    """``size`` problems; the same (seed, split) always gives the same problems. Test problems use
+    only held-out compositions, train problems (and every other split) never."""
     rng = random.Random(seed * 7919 + zlib.crc32(split.encode()))
+    lengths = TEST_STEPS if split == "test" else TRAIN_STEPS
     made, seen = [], set()
     while len(made) < size:
-        problem = _problem(rng)
-        if (split == "train") != _is_train_question(problem.question):
-            continue
-        if problem.question in seen:
+        problem = _problem(rng, lengths)
+        held = held_out(problem.meta["composition"]), _held_out_chain(problem.steps)
+        if held != (split == "test",) * 2 or problem.question in seen:
             continue
         seen.add(problem.question)
         made.append(problem)
     return made
 
 
-def _is_train_question(question: str) -> bool:
-    # A stable hash splits the question space: about one question in five is held out.
-    return zlib.crc32(question.encode()) % 5 != 0
+def held_out(composition: tuple[str, ...]) -> bool:
+    """Whether a sequence of actions is kept for the test split (a stable hash: one in four of those
+    with two or more steps)."""
+    return len(composition) > 1 and zlib.crc32("|".join(composition).encode()) % HELD_OUT_ONE_IN == 0
 
 
-def _problem(rng: random.Random) -> Problem:
+def _held_out_chain(steps: tuple[str, ...]) -> bool:
+    return len(steps) > 1 and zlib.crc32(("chain:" + "|".join(steps)).encode()) % HELD_OUT_ONE_IN == 0
+
+
+def _problem(rng: random.Random, lengths: tuple[int, ...]) -> Problem:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     value = rng.randint(2, MAX_VALUE)
-    sentences, steps = [f"{name} has {value} {item}."], []
-    for _ in range(rng.randint(1, 3)):
+    sentences, steps, composition = [f"{name} has {value} {item}."], [], []
+    for _ in range(rng.choice(lengths)):
         allowed = [a for a in ACTIONS if (a[1] == "+" and value < MAX_VALUE) or (a[1] == "-" and value > 0)]
         phrase, op = rng.choice(allowed)
         operand = _operand(rng, op, value)
         result = _apply(op, value, operand)
         sentences.append(f"Then {name} {phrase.format(n=operand)}.")
         steps.append(f"{value} {op} {operand} = {result}")
+        composition.append(phrase.split()[0])
         value = result
     sentences.append(f"How many {item} does {name} have now?")
-    return Problem(" ".join(sentences), str(value), tuple(steps))
+    return Problem(" ".join(sentences), str(value), tuple(steps), {"composition": tuple(composition)})
 
 
 def _operand(rng: random.Random, op: str, value: int) -> int:
@@ -74,8 +90,23 @@ def _apply(op: str, left: int, right: int) -> int:
     return left + right if op == "+" else left - right
 
 
+def step_labels(problem: Problem, steps: tuple[str, ...] | list[str]) -> tuple[bool, ...]:
+    """Which steps of a solution are right: the chain is unique, so a step is right when it and every
+    step before it match the reference (Math-Shepherd's convention: after a mistake nothing can lead
+    to the answer). The exact truth the Monte-Carlo labels estimate, for judging a PRM."""
+    labels, right = [], True
+    for index, step in enumerate(steps):
+        right = right and index < len(problem.steps) and _same_step(step, problem.steps[index])
+        labels.append(right)
+    return tuple(labels)
+
+
+def _same_step(written: str, reference: str) -> bool:
+    return " ".join(written.split()) == reference
+
+
 def trace_pool(size: int, seed: int, corrupted_share: float = 0.4) -> list[Trace]:
-    """A raw pool of reasoning traces, ``corrupted_share`` of them with a wrong step."""
+    """A synthetic pool of reasoning traces, ``corrupted_share`` of them with a wrong step."""
     rng = random.Random(seed + 17)
     return [corrupt(reference_trace(problem), rng) if rng.random() < corrupted_share else reference_trace(problem)
             for problem in problems(size, seed)]

@@ -1,8 +1,10 @@
-"""One reasoning problem and its step-by-step solutions, in the GSM8K format.
+"""One reasoning problem and its step-by-step solutions.
 
-GSM8K answers are lines of reasoning ending ``#### N``. A solution here is the list of those
-lines (the steps) plus the final answer; ``solution_text`` joins the steps with the reward
-model's step separator so that generator output and PRM input share one format.
+Training data is in the GSM8K format: lines of reasoning ending ``#### N``. A solution here is the
+list of those lines (the steps) plus the final answer; ``solution_text`` joins the steps with the
+reward model's step separator so that generator output and PRM input share one format. A
+benchmark's answers may be stated otherwise (boxed LaTeX, a letter): ``Problem.answer_format``
+names how, and data/answers.py reads and compares them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-FINAL_MARK = "####"
+from .answers import FINAL_MARK, FORMATS, format_number, parse_number
+
 _CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations: 2*3=<<2*3=6>>6
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 
@@ -19,9 +22,14 @@ _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 @dataclass(frozen=True)
 class Problem:
     question: str
-    answer: str  # the final numeric answer, as written
+    answer: str  # the final answer, as the benchmark writes it
     steps: tuple[str, ...] = ()  # a reference solution's reasoning steps
     meta: dict = field(default_factory=dict, compare=False)
+    answer_format: str = "gsm8k"  # how answers are stated and compared (data/answers.py)
+
+    def solved_by(self, answer: str | None) -> bool:
+        """Whether a model's final answer is this problem's (by value, by equivalence, or the letter)."""
+        return FORMATS[self.answer_format].same(answer, self.answer)
 
 
 @dataclass(frozen=True)
@@ -32,10 +40,11 @@ class Trace:
     steps: tuple[str, ...]
     answer: str
     labels: tuple[bool, ...] | None = None
+    shares: tuple[float, ...] | None = None  # soft labels: each step's share of continuations that reached the answer
 
     @property
     def correct(self) -> bool:
-        return answers_match(self.answer, self.problem.answer)
+        return self.problem.solved_by(self.answer)
 
 
 def parse_gsm8k(question: str, answer_text: str, **meta) -> Problem:
@@ -52,48 +61,12 @@ def solution_text(steps: tuple[str, ...] | list[str], answer: str, separator: st
     return "".join(step + separator for step in steps) + f"{FINAL_MARK} {answer}"
 
 
-def split_solution(text: str, separator: str) -> tuple[list[str], str | None]:
-    """(steps, final answer) of generated text; the answer is None when the text gives none."""
-    body, marked, final = text.partition(FINAL_MARK)
+def split_solution(text: str, separator: str, answer_format: str = "gsm8k") -> tuple[list[str], str | None]:
+    """(steps, final answer) of generated text; the answer is None when the text gives none. The
+    ``#### N`` line is no step; a boxed answer stays inside the step that states it."""
+    body = text.partition(FINAL_MARK)[0] if answer_format == "gsm8k" else text
     steps = [step.strip() for step in body.split(separator) if step.strip()]
-    if marked:
-        return steps, extract_number(final)
-    return steps, extract_number(steps[-1], last=True) if steps else None
-
-
-def extract_number(text: str, last: bool = False) -> str | None:
-    """The first (or last) number in text, normalised: '1,234' -> '1234', '$5.50' -> '5.5', '-3/4' -> '-3/4'."""
-    matches = _NUMBER.findall(text)
-    if not matches:
-        return None
-    value = parse_number(matches[-1] if last else matches[0])
-    return None if value is None else format_number(value)
-
-
-def parse_number(text: str) -> Fraction | None:
-    cleaned = text.replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
-    try:
-        if "/" in cleaned:
-            numerator, denominator = cleaned.split("/")
-            return Fraction(int(numerator), int(denominator))
-        return Fraction(cleaned)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def format_number(value: Fraction) -> str:
-    if value.denominator == 1:
-        return str(value.numerator)
-    decimal = f"{float(value):.12g}"
-    return decimal if Fraction(decimal) == value else f"{value.numerator}/{value.denominator}"
-
-
-def answers_match(predicted: str | None, expected: str) -> bool:
-    """Numeric equality: '1,000' == '1000', '0.5' == '1/2', '-3' == '-3.0'."""
-    if predicted is None:
-        return False
-    left, right = parse_number(predicted), parse_number(expected)
-    return left is not None and left == right
+    return steps, FORMATS[answer_format].final(text)
 
 
 def corrupt(trace: Trace, rng) -> Trace:

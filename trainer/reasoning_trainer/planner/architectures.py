@@ -103,6 +103,9 @@ KNOWN[("qwen2", "0.5b")], KNOWN[("qwen2", "1.5b")], KNOWN[("qwen2", "7b")] = (
 EMBEDDED: dict[str, Architecture] = {
     "tiny-qwen2": Architecture(layers=4, hidden=128, heads=4, kv_heads=2, intermediate=512, vocab=512,
                                tied_embeddings=True, source="embedded"),
+    # A smaller shape, for comparing model sizes on the CPU (rto compare).
+    "tiny-qwen2-small": Architecture(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=256, vocab=512,
+                                     tied_embeddings=True, source="embedded"),
 }
 
 _FAMILIES = ("qwen2.5", "qwen3", "qwen2", "llama-3.2", "llama-3.1")

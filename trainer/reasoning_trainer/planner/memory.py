@@ -141,6 +141,12 @@ def forward_workspace_bytes(arch: Architecture, tokens: int, dtype: str = "bfloa
     return tokens * (4 * arch.hidden + 2 * arch.intermediate) * DTYPE_BYTES[dtype]
 
 
+def attention_scores_bytes(arch: Architecture, sequences: int, tokens: int) -> float:
+    """One layer's attention scores over a prompt, as the CPU computes them (every query against every
+    key, in fp32); a GPU's fused kernels never hold them."""
+    return sequences * arch.heads * tokens * tokens * DTYPE_BYTES["float32"]
+
+
 def policy_network_bytes(hidden: int, layers: int, input_dim: int, nodes: int) -> float:
     """The PGTS graph transformer: trained in fp32 with Adam; activations over one tree batch."""
     parameters = layers * 12 * hidden * hidden + input_dim * hidden + 8 * hidden

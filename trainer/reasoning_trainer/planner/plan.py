@@ -19,8 +19,8 @@ from ..schema.run import RunSpec
 from ..schema.stages import StageSpec, TrainingStageSpec
 from .architectures import Architecture, UnknownArchitecture, architecture_for
 from .memory import (
-    CPU_RUNTIME_OVERHEAD_GIB, Estimate, TrainingSetup, forward_workspace_bytes, inference_weights, kv_cache_bytes,
-    policy_network_bytes, training_estimate,
+    CPU_RUNTIME_OVERHEAD_GIB, Estimate, TrainingSetup, attention_scores_bytes, forward_workspace_bytes,
+    inference_weights, kv_cache_bytes, policy_network_bytes, training_estimate,
 )
 
 # Share of a GPU's memory a plan may fill; the rest absorbs allocator spikes and
@@ -51,6 +51,9 @@ class StagePlan:
     dtype: str = "bfloat16"
     # PGTS: whether the search trees keep their keys and values (rl.pgts.cacheKv, when it fits).
     kv_cache: bool | None = None
+    # Sequences the generator samples at once where a stage samples besides its own work (select's pool,
+    # the PRM's Monte-Carlo labels): the most that fits beside what else the stage holds.
+    sampling_batch: int | None = None
 
     @property
     def memory_gib(self) -> float:
@@ -75,6 +78,7 @@ class StagePlan:
             "gradient_checkpointing": self.gradient_checkpointing,
             "batch_size": self.batch_size,
             "kv_cache": self.kv_cache,
+            "sampling_batch": self.sampling_batch,
             "trains": list(self.trains),
             "memory_gib": round(self.memory_gib, 2),
             "total_memory_gib": round(self.total_memory_gib, 2),
@@ -206,9 +210,12 @@ def _eight_bit_choices(context: _Context, roles: list[str]) -> list[dict[str, bo
 def _plan_sft(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
     stage = context.spec.stages.sft
     roles = [role for role in _SFT_ROLES[stage.target]
-             if not (role == "rewardModel" and context.spec.reward_model_trained_in() == "select"
-                     and not context.spec.reward_model_refined_on_samples())]
-    return _plan_training(context, archs, "sft", stage, stage, roles)
+             if not (role == "rewardModel" and context.spec.reward_model_trained_in() == "select")]
+    plan = _plan_training(context, archs, "sft", stage, stage, roles)
+    sampling = _generator_sampling(context, "sft")
+    if plan is None or sampling is None or "generator" in plan.placement:
+        return plan
+    return _with_sampling(context, archs, plan, sampling)
 
 
 _SFT_ROLES = {"generator": ["generator"], "reward-model": ["rewardModel"], "both": ["rewardModel", "generator"]}
@@ -371,10 +378,14 @@ def _plan_grpo(context: _Context, archs: dict[str, Architecture]) -> StagePlan |
 # ---------------------------------------------------------------- inference stages
 
 def _plan_select(context: _Context, archs: dict[str, Architecture]) -> StagePlan | None:
+    """The PRM (trained here with the sft stage's hyperparameters, or only scoring the pool) and, when
+    select samples the pool or the PRM's Monte-Carlo labels, the generator on the same GPUs: the two
+    work one after the other (the generator is freed first), so the larger of the two must fit."""
     stage = context.spec.stages.select
+    sampling = _generator_sampling(context, "select")
     if context.spec.reward_model_trained_in() == "select":
-        # Training the PRM needs more memory than scoring the pool with it on the same GPUs.
-        return _plan_training(context, archs, "select", context.spec.stages.sft, stage, ["rewardModel"])
+        plan = _plan_training(context, archs, "select", context.spec.stages.sft, stage, ["rewardModel"])
+        return _with_sampling(context, archs, plan, sampling) if plan and sampling else plan
     arch, model = archs["rewardModel"], context.spec.models.reward_model
     for eight_bit in _eight_bit_choices(context, ["rewardModel"]):
         for batch in _halvings(stage.batch_size):
@@ -382,9 +393,54 @@ def _plan_select(context: _Context, archs: dict[str, Architecture]) -> StagePlan
             device.add("rewardModel workspace", forward_workspace_bytes(arch, batch * stage.max_seq_length))
             if context.fits([device]):
                 gpus = stage.gpus if stage.gpus is not None else (0 if context.gpu_memory_gib is None else 1)
-                return StagePlan("select", gpus, stage.nodes, eight_bit,
+                plan = StagePlan("select", gpus, stage.nodes, eight_bit,
                                  {"rewardModel": _spread(context, max(gpus, 1), stage.nodes)}, [device],
                                  batch_size=batch)
+                return _with_sampling(context, archs, plan, sampling) if sampling else plan
+    return None
+
+
+def _generator_sampling(context: _Context, stage: str) -> tuple[int, int] | None:
+    """(samples per problem, new tokens) of the generator sampling ``stage`` does besides its own work:
+    select's pool, and where the PRM trains, its Monte-Carlo labels and the held-out solutions it is
+    judged on (label_sources.py); None when the stage samples nothing."""
+    spec, wanted = context.spec, []
+    if stage == "select" and spec.stages.select.sample:
+        wanted.append((spec.stages.select.sample.samples_per_problem, spec.stages.select.sample.max_new_tokens))
+    if spec.reward_model_trained_in() == stage and spec.models.generator is not None:
+        monte_carlo = spec.stages.sft.monte_carlo
+        samples = max(monte_carlo.samples_per_problem, monte_carlo.completions) \
+            if "montecarlo" in spec.stages.sft.prm_labels else 2
+        wanted.append((samples, monte_carlo.max_new_tokens))
+    return max(wanted) if wanted else None
+
+
+def _with_sampling(context: _Context, archs: dict[str, Architecture], plan: StagePlan,
+                   sampling: tuple[int, int]) -> StagePlan | None:
+    """``plan`` with the generator beside its models: weights (in 8-bit where that is what fits and the
+    spec leaves it open) and the cache of the largest sampling batch that fits, halving down to one
+    problem's samples."""
+    samples, new_tokens = sampling
+    generator, arch = context.spec.models.generator, archs["generator"]
+    evaluation = context.spec.stages.eval
+    per_call = context.spec.stages.select.batch_size if plan.stage == "select" else (
+        evaluation.batch_size if evaluation else 32)
+    seq = generator.generation.max_prompt_tokens + new_tokens
+    eight_bits = [generator.load_in_8bit] if generator.load_in_8bit is not None else [False, True]
+    for eight_bit in eight_bits:
+        for problems in _halvings(per_call):
+            sequences = problems * samples
+            prompt = generator.generation.max_prompt_tokens
+            estimate = inference_weights(arch, generator.dtype, eight_bit, "generator")
+            estimate.add("generator kv cache", kv_cache_bytes(arch, sequences, seq, generator.dtype))
+            estimate.add("generator workspace", forward_workspace_bytes(arch, sequences * prompt, generator.dtype))
+            if context.gpu_memory_gib is None:
+                estimate.add("generator attention scores", attention_scores_bytes(arch, sequences, seq))
+            devices = [max(device, estimate, key=lambda option: option.total) for device in plan.devices]
+            if context.fits(devices):
+                placement = {**plan.placement, "generator": next(iter(plan.placement.values()))}
+                return replace(plan, placement=placement, devices=devices, sampling_batch=sequences,
+                               load_in_8bit={**plan.load_in_8bit, "generator": eight_bit})
     return None
 
 

@@ -2,13 +2,15 @@
 (ReasonFlux-PRM's RL recipe, DeepSeekMath's estimator).
 
 Per iteration: take problemsPerIteration problems -> sample numGenerations solutions each ->
-reward = correctnessWeight x (answer right) + prmWeight x (PRM score of the weakest step) ->
+reward = correctnessWeight x (answer right) + prmWeight x (PRM score, prmAggregate: the weakest step) ->
 advantage = reward minus its group's mean (divided by the group's std with scaleRewards), groups
 all right or all wrong dropped -> one pass of clipped policy-gradient updates in minibatches of
 batchSize, log-probabilities taken under the sampling distribution (temperature, top-p), with a
 KL penalty (k3 estimator) to the reference policy (the model before RL; the adapters switched off
-when training LoRA), normalised per lossType (rl/grpo_loss.py). Greedy pass@1 on evalProblems
-held-out problems before and after is the stage's accuracy: rollout accuracy is not held out.
+when training LoRA), normalised per lossType (rl/grpo_loss.py). Greedy pass@1 (and RM@k) on
+evalProblems held-out problems of each benchmark before, every evalEvery iterations and after
+(rl/held_out.py); the first benchmark's pass@1 after is the stage's accuracy: rollout accuracy is
+not held out.
 """
 
 from __future__ import annotations
@@ -21,16 +23,15 @@ import torch
 
 from .. import flops, models, prm
 from ..checkpoints import StopRequest, atomic_dir, is_complete
-from ..data.problems import answers_match, split_solution
+from ..data.problems import split_solution
 from ..data.sources import load_problems
-from ..generation import left_padded, prompt_ids, solve
+from ..generation import left_padded, prompt_ids
 from ..job import StageJob
 from ..metrics import StageMetrics
 from ..stage_result import StageResult
 from ..training import StageInterrupted
 from .grpo_loss import group_advantages, policy_loss, sampling_logprobs
-
-PRM_AGGREGATE = "min"
+from .held_out import HeldOut, generator_scores
 
 
 @dataclass
@@ -57,10 +58,10 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
                                   lr=rl.learning_rate, weight_decay=rl.weight_decay)
     problems = load_problems(job.spec.data.train, "spec.data.train")
     state_dir = job.paths.checkpoints("rl", "generator") / "latest"
-    start, before = _resume(state_dir, policy, optimizer)
-    held_out = _held_out(job)
-    if start == 0:
-        before = _pass_at_1(job, policy, tokenizer, held_out)
+    held_out = HeldOut.of(job)
+    start, held_out.points = _resume(state_dir, policy, optimizer)
+    if start == 0 and held_out.problems:
+        held_out.record(metrics, 0, generator_scores(job, held_out, policy, tokenizer, reward_model, prm_tokenizer))
     shapes = {role: flops.Shape.of(model) for role, model in
               (("generator", policy), ("reference", reference), ("rewardModel", reward_model)) if model is not None}
     history = []
@@ -81,55 +82,38 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         metrics.reward("generator", reward, iteration + 1)
         metrics.accuracy("rollouts", "train", accuracy, step=iteration + 1)
         metrics.progress((iteration + 1) / rl.iterations)
-        history.append({"iteration": iteration + 1, "reward": reward, "accuracy": accuracy, "loss": loss})
+        history.append({"iteration": iteration + 1, "reward": reward, "accuracy": accuracy, "loss": loss,
+                        "flops": metrics.flops_total})
+        if held_out.due(job, iteration + 1):
+            held_out.record(metrics, iteration + 1,
+                            generator_scores(job, held_out, policy, tokenizer, reward_model, prm_tokenizer))
         last = iteration + 1 == rl.iterations
         if (iteration + 1) % rl.checkpoint_every == 0 or stop.requested or last:
-            _save_state(state_dir, policy, optimizer, iteration + 1, before)
+            _save_state(state_dir, policy, optimizer, iteration + 1, held_out.points)
         if stop.requested and not last:
             raise StageInterrupted(f"generator training stopped at step {iteration + 1} after SIGTERM")
     models.save_trained(policy, tokenizer, job.paths.model("generator"))
-    after = _pass_at_1(job, policy, tokenizer, held_out)
-    result = StageResult(checkpoint=str(job.paths.model("generator")), accuracy=after)
-    if after is not None:
-        metrics.accuracy("held-out", "pass@1", after)
-        result.metrics["heldout_pass1_after"] = after
-        if before is not None:
-            result.metrics["heldout_pass1_before"] = before
+    result = StageResult(checkpoint=str(job.paths.model("generator")))
+    if held_out.problems:
+        before = held_out.points[0]
+        after = held_out.record(metrics, rl.iterations,
+                                generator_scores(job, held_out, policy, tokenizer, reward_model, prm_tokenizer))
+        result.accuracy = after[held_out.first]["pass@1"]
+        result.metrics["held_out_accuracy_before"] = before[held_out.first]["pass@1"]
+        result.metrics["held_out_accuracy_after"] = result.accuracy
+        if "rm@k" in after[held_out.first]:
+            result.metrics["held_out_rm_at_k_before"] = before[held_out.first]["rm@k"]
+            result.metrics["held_out_rm_at_k_after"] = after[held_out.first]["rm@k"]
     if history:
         result.metrics.update(first_reward=history[0]["reward"], final_reward=history[-1]["reward"],
                               first_rollout_accuracy=history[0]["accuracy"],
                               final_rollout_accuracy=history[-1]["accuracy"])
     result.details = {"algorithm": "grpo", "resumed_from_iteration": start or None, "iterations": history,
-                      "held_out_problems": len(held_out)}
+                      "held_out_problems": {name: len(found) for name, found in held_out.problems.items()},
+                      "evaluations": held_out.points}
     return result
 
 
-def _held_out(job: StageJob) -> list:
-    """The first eval benchmark's first evalProblems problems: never trained on."""
-    count, benchmarks = job.spec.stages.rl.grpo.eval_problems, job.spec.data.eval
-    if not count or not benchmarks:
-        return []
-    return load_problems(benchmarks[0], "spec.data.eval[0]")[:count]
-
-
-@torch.no_grad()
-def _pass_at_1(job: StageJob, policy, tokenizer, problems) -> float | None:
-    if not problems:
-        return None
-    generation = job.spec.models.generator.generation
-    policy.eval()
-    texts = solve(policy, tokenizer, [p.question for p in problems], samples=1,
-                  max_new_tokens=job.spec.stages.rl.grpo.max_completion_tokens,
-                  max_prompt_tokens=generation.max_prompt_tokens, temperature=0.0, top_p=1.0,
-                  batch_size=job.spec.stages.rl.batch_size * job.spec.stages.rl.grpo.num_generations,
-                  instruction=generation.instruction)
-    policy.train()
-    separator = job.spec.step_separator
-    right = [answers_match(split_solution(outputs[0], separator)[1], p.answer) for outputs, p in zip(texts, problems)]
-    return sum(right) / len(right)
-
-
-@torch.no_grad()
 def _count_flops(metrics: StageMetrics, shapes: dict[str, flops.Shape], rollouts: list[Rollout]) -> None:
     """One iteration: sampling the rollouts, the update's forward and backward over them, the
     reference's forward, and the PRM scoring them (its tokens counted as the generator's)."""
@@ -166,16 +150,19 @@ def _rollouts(job, policy, tokenizer, problems, reward_model, prm_tokenizer) -> 
     for index, row in enumerate(generated[:, width:].tolist()):
         problem, prompt = problems[index // group], prompts[index // group]
         completion = _until_eos(row, tokenizer)
-        steps, answer = split_solution(tokenizer.decode(completion, skip_special_tokens=True), separator)
-        correct = answers_match(answer, problem.answer)
+        steps, answer = split_solution(tokenizer.decode(completion, skip_special_tokens=True), separator,
+                                       problem.answer_format)
+        correct = problem.solved_by(answer)
         rollouts.append(Rollout(prompt, completion, rl.grpo.correctness_weight * correct, correct))
     if reward_model is not None:
-        texts = [split_solution(tokenizer.decode(r.completion, skip_special_tokens=True), separator) for r in rollouts]
-        solutions = [(problems[i // group].question, prm.prm_steps(steps, answer or ""))
+        formats = [problems[i // group].answer_format for i in range(len(rollouts))]
+        texts = [split_solution(tokenizer.decode(r.completion, skip_special_tokens=True), separator, answer_format)
+                 for r, answer_format in zip(rollouts, formats)]
+        solutions = [(problems[i // group].question, prm.prm_steps(steps, answer or "", formats[i]))
                      for i, (steps, answer) in enumerate(texts)]
         scores = prm.score(reward_model, prm_tokenizer, solutions, separator, rl.batch_size * group, 4096)
         for rollout, step_scores in zip(rollouts, scores):
-            rollout.reward += rl.grpo.prm_weight * prm.aggregate(step_scores, PRM_AGGREGATE)
+            rollout.reward += rl.grpo.prm_weight * prm.aggregate(step_scores, rl.grpo.prm_aggregate)
     advantages = group_advantages([r.reward for r in rollouts], [r.correct for r in rollouts], group,
                                   rl.grpo.scale_rewards, rl.grpo.drop_uniform_groups)
     for rollout, advantage in zip(rollouts, advantages):
@@ -263,21 +250,21 @@ def _chunks(items, size):
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def _save_state(folder, policy, optimizer, iteration: int, heldout_before: float | None) -> None:
+def _save_state(folder, policy, optimizer, iteration: int, evaluations: list[dict]) -> None:
     with atomic_dir(folder) as staging:
         trainable = {name: p.detach().cpu() for name, p in policy.named_parameters() if p.requires_grad}
         torch.save({"iteration": iteration, "parameters": trainable, "optimizer": optimizer.state_dict(),
-                    "heldout_before": heldout_before}, staging / "state.pt")
+                    "evaluations": evaluations}, staging / "state.pt")
 
 
-def _resume(folder, policy, optimizer) -> tuple[int, float | None]:
-    """The iteration to go on from and the held-out pass@1 measured before RL began."""
+def _resume(folder, policy, optimizer) -> tuple[int, list[dict]]:
+    """The iteration to go on from and the held-out evaluations made so far (the first: before RL)."""
     if not is_complete(folder):
-        return 0, None
+        return 0, []
     state = torch.load(folder / "state.pt", weights_only=True)
     parameters = dict(policy.named_parameters())
     with torch.no_grad():
         for name, value in state["parameters"].items():
             parameters[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
-    return state["iteration"], state.get("heldout_before")
+    return state["iteration"], state.get("evaluations", [])

@@ -6,7 +6,8 @@ Per iteration: problemsPerIteration problems -> batched tree search (search.py),
 rewarded with minus its cost, the PRM's potential-based shaping (a difference of step scores, so
 growing the tree does not pay), the invalid-action penalty when an expansion produced nothing and,
 on the last action, +correct / wrong for the answer of the step it stopped at -> GAE (gamma, lambda) -> ppo.epochs epochs of clipped PPO over minibatches of batchSize
-trajectories. Held-out accuracy of the search is measured before and after training.
+trajectories. The search's accuracy on held-out problems of each benchmark is measured before, every
+evalEvery iterations and after training (rl/held_out.py).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from ..stage_result import StageResult
 from ..training import StageInterrupted
 from .policy import TreePolicy, encode
 from .ppo import gae, ppo_loss
+from .held_out import HeldOut
 from .search import Episode, SearchModels, timed_search
 
-HELD_OUT_PROBLEMS = 32
 HELD_OUT_SEED = 1_000_003
 
 
@@ -39,11 +40,11 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
     searcher.policy = policy.to(models.device_for(job, "rl", "policy"))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=rl.learning_rate, weight_decay=rl.weight_decay)
     problems = load_problems(job.spec.data.train, "spec.data.train")
-    held_out = _held_out(job)
+    held_out = HeldOut.of(job)
     state_dir = job.paths.checkpoints("rl", "policy") / "latest"
-    start, history, before = _resume(state_dir, policy, optimizer)
-    if start == 0:
-        before = held_out_accuracy(searcher, job, held_out)
+    start, history, held_out.points = _resume(state_dir, policy, optimizer)
+    if start == 0 and held_out.problems:
+        held_out.record(metrics, 0, search_scores(searcher, job, held_out))
     shapes = {"generator": flops.Shape.of(searcher.generator), "rewardModel": flops.Shape.of(searcher.reward_model)}
     for iteration in range(start, rl.iterations):
         rng = random.Random(iteration)  # a resumed run draws the problems it would have drawn
@@ -58,18 +59,22 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
             "nodes_per_problem": found.nodes_per_problem, "tokens_per_problem": found.tokens_per_problem,
             "parallelism": found.parallelism, "search_seconds": found.seconds, **losses,
         }
-        history.append(record)
         _count_flops(metrics, shapes, record)
+        record["flops"] = metrics.flops_total
+        history.append(record)
         _export(metrics, record, found, rl.learning_rate, rl.iterations)
+        if held_out.due(job, iteration + 1):
+            held_out.record(metrics, iteration + 1, search_scores(searcher, job, held_out))
         last = iteration + 1 == rl.iterations
         if (iteration + 1) % rl.checkpoint_every == 0 or stop.requested or last:
-            _save_state(state_dir, policy, optimizer, iteration + 1, history, before)
+            _save_state(state_dir, policy, optimizer, iteration + 1, history, held_out.points)
         if stop.requested and not last:
             raise StageInterrupted(f"policy training stopped at iteration {iteration + 1} after SIGTERM")
-    after = held_out_accuracy(searcher, job, held_out)
+    if held_out.problems:
+        held_out.record(metrics, rl.iterations, search_scores(searcher, job, held_out))
     with atomic_dir(job.paths.model("policy")) as staging:
         policy.save(staging)
-    return _result(job, history, before, after, start)
+    return _result(job, history, held_out, start)
 
 
 def search_models(job: StageJob, stage: str, policy: TreePolicy | None) -> SearchModels:
@@ -82,13 +87,15 @@ def search_models(job: StageJob, stage: str, policy: TreePolicy | None) -> Searc
         max_prompt_tokens=generation.max_prompt_tokens, instruction=generation.instruction)
 
 
-def held_out_accuracy(searcher: SearchModels, job: StageJob, problems) -> float | None:
-    """Search accuracy with the policy's most likely actions, on problems never trained on."""
-    if not problems:
-        return None
-    seeds = [HELD_OUT_SEED + number for number in range(len(problems))]
-    episodes, _ = timed_search(searcher, planned_limits(job), problems, seeds, greedy_actions=True)
-    return sum(e.correct for e in episodes) / len(episodes)
+def search_scores(searcher: SearchModels, job: StageJob, held_out: HeldOut) -> dict[str, dict[str, float]]:
+    """The search's accuracy (the policy's most likely actions) and average parallelism on each benchmark's
+    held-out problems."""
+    scores = {}
+    for name, problems in held_out.problems.items():
+        seeds = [HELD_OUT_SEED + number for number in range(len(problems))]
+        episodes, found = timed_search(searcher, planned_limits(job), problems, seeds, greedy_actions=True)
+        scores[name] = {"pgts": sum(e.correct for e in episodes) / len(episodes), "parallelism": found.parallelism}
+    return scores
 
 
 def planned_limits(job: StageJob) -> PgtsSpec:
@@ -171,37 +178,33 @@ def _export(metrics: StageMetrics, record: dict, found, learning_rate: float, it
     metrics.progress(step / iterations)
 
 
-def _held_out(job: StageJob):
-    if not job.spec.data.eval:
-        return []
-    return load_problems(job.spec.data.eval[0], "spec.data.eval[0]")[:HELD_OUT_PROBLEMS]
-
-
-def _result(job: StageJob, history: list[dict], before, after, start: int) -> StageResult:
-    result = StageResult(accuracy=after, checkpoint=str(job.paths.model("policy")))
-    if before is not None:
-        result.metrics["held_out_accuracy_before"] = before
-    if after is not None:
-        result.metrics["held_out_accuracy_after"] = after
+def _result(job: StageJob, history: list[dict], held_out: HeldOut, start: int) -> StageResult:
+    result = StageResult(checkpoint=str(job.paths.model("policy")))
+    if held_out.problems:
+        before, after = held_out.points[0][held_out.first], held_out.points[-1][held_out.first]
+        result.accuracy = after["pgts"]
+        result.metrics["held_out_accuracy_before"] = before["pgts"]
+        result.metrics["held_out_accuracy_after"] = after["pgts"]
     if history:
         last = history[-1]
         result.metrics.update({"first_reward": history[0]["reward"], "final_reward": last["reward"],
                                "final_rollout_accuracy": last["accuracy"], "nodes_per_problem": last["nodes_per_problem"],
                                "tokens_per_problem": last["tokens_per_problem"], "parallelism": last["parallelism"]})
-    result.details = {"algorithm": "pgts", "resumed_from_iteration": start or None, "iterations": history}
+    result.details = {"algorithm": "pgts", "resumed_from_iteration": start or None, "iterations": history,
+                      "evaluations": held_out.points}
     return result
 
 
-def _save_state(folder, policy, optimizer, iteration: int, history: list[dict], before) -> None:
+def _save_state(folder, policy, optimizer, iteration: int, history: list[dict], evaluations: list[dict]) -> None:
     with atomic_dir(folder) as staging:
         torch.save({"iteration": iteration, "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
-                    "history": history, "before": before}, staging / "state.pt")
+                    "history": history, "evaluations": evaluations}, staging / "state.pt")
 
 
-def _resume(folder, policy, optimizer) -> tuple[int, list[dict], float | None]:
+def _resume(folder, policy, optimizer) -> tuple[int, list[dict], list[dict]]:
     if not is_complete(folder):
-        return 0, [], None
+        return 0, [], []
     state = torch.load(folder / "state.pt", weights_only=False)
     policy.load_state_dict(state["policy"])
     optimizer.load_state_dict(state["optimizer"])
-    return state["iteration"], state["history"], state["before"]
+    return state["iteration"], state["history"], state.get("evaluations", [])

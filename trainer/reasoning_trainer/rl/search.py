@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .. import prm
-from ..data.problems import FINAL_MARK, Problem, answers_match, extract_number
+from ..data.answers import FINAL_MARK, extract_number
+from ..data.problems import Problem
 from ..generation import left_padded, prompt_ids
 from ..schema.stages import PgtsSpec
 from .policy import TreePolicy, encode
@@ -87,7 +88,7 @@ def search(models: SearchModels, pgts: PgtsSpec, problems: list[Problem], seeds:
     rngs = [torch.Generator().manual_seed(seed) for seed in seeds]
     prompts = [models.prompt(p.question) for p in problems]
     roots, prompt_kv = _extend(models.generator, None, prompts)
-    episodes = [Episode(p, Tree.start(p.question, root, pgts.max_depth, pgts.max_nodes))
+    episodes = [Episode(p, Tree.start(p.question, root, pgts.max_depth, pgts.max_nodes, p.answer_format))
                 for p, root in zip(problems, roots)]
     if pgts.cache_kv:
         for episode, kv in zip(episodes, prompt_kv):
@@ -195,7 +196,7 @@ def _grow(models: SearchModels, pgts: PgtsSpec, episodes: list[Episode], request
 def _settle(episode: Episode, pgts: PgtsSpec) -> None:
     episode.kv.clear()  # a finished tree grows no more steps: give its cache's memory back
     episode.answer = episode.tree.final_answer()
-    episode.correct = answers_match(episode.answer, episode.problem.answer)
+    episode.correct = episode.problem.solved_by(episode.answer)
     outcome = pgts.rewards.correct if episode.correct else pgts.rewards.wrong
     episode.decisions[-1].reward += pgts.rewards.outcome_weight * outcome
 

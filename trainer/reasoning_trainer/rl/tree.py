@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data.problems import FINAL_MARK, extract_number
+from ..data.answers import FORMATS
 
 EXPAND, BRANCH, BACKTRACK, TERMINATE = range(4)
 ACTIONS = ("expand", "branch", "backtrack", "terminate")
@@ -24,13 +24,7 @@ class Node:
     score: float  # the PRM's P(step is correct); 1.0 for the root
     feature: torch.Tensor  # the generator's last hidden state at the step's last token
     tokens: tuple[int, ...] = ()  # the step as generated, separator included
-
-    @property
-    def answer(self) -> str | None:
-        """The final answer, when this step is the ``#### N`` line."""
-        if FINAL_MARK not in self.text:
-            return None
-        return extract_number(self.text.partition(FINAL_MARK)[2])
+    answer: str | None = None  # the final answer this step states (the ``#### N`` line, a boxed answer)
 
 
 @dataclass
@@ -41,10 +35,12 @@ class Tree:
     nodes: list[Node] = field(default_factory=list)
     current: int = 0
     done: bool = False
+    answer_format: str = "gsm8k"
 
     @classmethod
-    def start(cls, question: str, root_feature: torch.Tensor, max_depth: int, max_nodes: int) -> Tree:
-        return cls(question, max_depth, max_nodes, [Node(None, 0, "", 1.0, root_feature)])
+    def start(cls, question: str, root_feature: torch.Tensor, max_depth: int, max_nodes: int,
+              answer_format: str = "gsm8k") -> Tree:
+        return cls(question, max_depth, max_nodes, [Node(None, 0, "", 1.0, root_feature)], answer_format=answer_format)
 
     def mask(self) -> list[bool]:
         """Which actions are allowed now: no branch or backtrack at the root, no expansion at the
@@ -79,7 +75,8 @@ class Tree:
 
     def add_step(self, parent: int, text: str, score: float, feature: torch.Tensor,
                  tokens: tuple[int, ...] = ()) -> int:
-        self.nodes.append(Node(parent, self.nodes[parent].depth + 1, text, score, feature, tokens))
+        answer = FORMATS[self.answer_format].stated(text)
+        self.nodes.append(Node(parent, self.nodes[parent].depth + 1, text, score, feature, tokens, answer))
         self.current = len(self.nodes) - 1
         return self.current
 

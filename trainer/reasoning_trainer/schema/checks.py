@@ -14,7 +14,25 @@ def cross_field_issues(spec: RunSpec, prefix: str = "spec") -> list[Issue]:
         *_stage_gpu_issues(spec, prefix),
         *_method_issues(spec, prefix),
         *_queue_issues(spec, prefix),
+        *_label_issues(spec, prefix),
     ]
+
+
+def _label_issues(spec: RunSpec, prefix: str) -> list[Issue]:
+    sft, reward_model = spec.stages.sft, spec.models.reward_model
+    issues = []
+    if _on(sft) and "dataset" in sft.prm_labels and spec.data.step_labels is None:
+        issues.append(Issue(f"{prefix}.data.stepLabels", "stages.sft.prmLabels names dataset: set data.stepLabels "
+                                                         "(hubId or path, and format: trl, math-shepherd or prm800k)"))
+    if _on(sft) and sft.target != "generator" and "montecarlo" in sft.prm_labels and spec.models.generator is None:
+        issues.append(Issue(f"{prefix}.stages.sft.prmLabels", "montecarlo labels come from the generator's own "
+                                                             "solutions: set models.generator, or use synthetic "
+                                                             "or dataset labels"))
+    if reward_model is not None and reward_model.step_token and _on(sft) and sft.target != "generator":
+        issues.append(Issue(f"{prefix}.models.rewardModel.stepToken",
+                            "a published PRM (stepToken) is used as it is, never trained: set stages.sft.target: "
+                            "generator, or remove stepToken to train this model as the PRM"))
+    return issues
 
 
 def _queue_issues(spec: RunSpec, prefix: str) -> list[Issue]:

@@ -51,6 +51,9 @@ class LanguageModelSpec(SpecModel):
         None,
         description="Train LoRA adapters instead of all weights when this model is trained.",
     )
+    trust_remote_code: bool = Field(
+        False, description="Run the model's own code from its repository (some published PRMs need it, e.g. "
+                           "Qwen/Qwen2.5-Math-PRM-7B). Only for repositories you trust.")
     attn_implementation: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = Field(
         "auto", description="Attention kernel. auto: flex_attention for packed SFT on a GPU (padding-free "
                             "batches without a dense mask), sdpa otherwise."
@@ -84,6 +87,16 @@ class RewardModelSpec(LanguageModelSpec):
 
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of the step-scoring head.")
     step_separator: str = Field("\n\n", min_length=1, description="Text that ends a reasoning step.")
+    step_token: str | None = Field(
+        None, min_length=1,
+        description="Use a published PRM as it is (Qwen2.5-Math-PRM style): the steps are joined by this token "
+                    "in the assistant turn (Qwen/Qwen2.5-Math-PRM-7B: <extra_0>) and each step's score is the "
+                    "positive class's probability at its token. Nothing trains it: sft.target must not include "
+                    "reward-model.")
+    system_prompt: str = Field(
+        "", description="System message before the question when a published PRM scores (stepToken); "
+                        "Qwen2.5-Math-PRM was trained with 'Please reason step by step, and put your final answer "
+                        "within \\boxed{}.'")
 
 
 class PolicyNetworkSpec(SpecModel):

@@ -51,13 +51,6 @@ class RunSpec(ClusterFields):
             return None
         return "select" if "select" in enabled else "sft"
 
-    def reward_model_refined_on_samples(self) -> bool:
-        """Whether sft, once the generator is trained, trains the PRM on Monte-Carlo labels of the
-        generator's own samples (sft.prmLabels: montecarlo, target both)."""
-        sft = self.stages.sft
-        return self.reward_model_trained_in() is not None and sft.target == "both" \
-            and sft.prm_labels == "montecarlo"
-
 
 class Condition(SpecModel):
     type: str

@@ -39,14 +39,33 @@ class TrainingStageSpec(StageSpec):
     )
 
 
+class PoolSamplingSpec(SpecModel):
+    """The raw pool as sampled solutions: samplesPerProblem of the generator's solutions to every
+    problem of data.pool (whose reference solutions are never used)."""
+
+    samples_per_problem: int = Field(4, ge=1, le=256, description="Solutions sampled per problem.")
+    temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(256, ge=1, le=131072, description="Longest sampled solution.")
+
+
 class SelectSpec(StageSpec):
     """Score a raw trace pool with the PRM and keep the best (ReasonFlux-PRM data selection)."""
 
+    sample: PoolSamplingSpec | None = Field(
+        None, description="Sample the pool from the generator (the model's own traces, as in rejection-sampling "
+                          "fine-tuning). Omit to score data.pool's own traces as they are, such as a stronger "
+                          "model's traces in GSM8K format.")
+
     keep_top_k: int | None = Field(None, ge=1, description="Keep this many best-scored traces.")
     keep_fraction: float | None = Field(None, gt=0.0, le=1.0, description="Keep this fraction of the pool.")
+    max_per_problem: int | None = Field(
+        None, ge=1, description="Keep at most this many traces of each problem, its best-scored: without it, a "
+                                "pool of several samples per problem loses its hard problems, since the traces "
+                                "of easy ones score highest (1 with samplesPerProblem N: the PRM's best of N).")
     batch_size: int = Field(16, ge=1, le=65536, description="Traces scored per forward pass.")
     max_seq_length: int = Field(1024, ge=16, le=131072, description="Longest trace scored, in tokens.")
-    aggregate: Literal["mean", "min", "last"] = Field(
+    aggregate: Literal["mean", "min", "last", "product"] = Field(
         "mean", description="How the reasoning steps' scores become the step-level reward."
     )
     step_weight: float = Field(0.5, ge=0.0, description="Weight of the step-level reward in a trace's score.")
@@ -79,18 +98,36 @@ class SftSpec(TrainingStageSpec):
     """Supervised fine-tuning of the generator and/or training the PRM on step labels."""
 
     target: Literal["generator", "reward-model", "both"] = Field(
-        "generator", description="Which model to train; both trains the reward model first."
-    )
+        "generator", description="Which model to train; both trains the generator first, then the reward model "
+                                 "(whose Monte-Carlo labels then come from the trained generator).")
     packing: bool = Field(True, description="Pack sequences padding-free instead of padding to the longest.")
     max_examples: int | None = Field(None, ge=1, description="Use at most this many training examples.")
     incorrect_per_problem: int = Field(
-        3, ge=0, le=64, description="Corrupted solutions per problem in the PRM's step-label data."
-    )
-    prm_labels: Literal["synthetic", "montecarlo"] = Field(
-        "synthetic", description="The PRM's step labels: synthetic (reference solutions and copies with one "
-                                 "number changed) or montecarlo (then, once the generator is trained, the PRM "
-                                 "is trained further on Monte-Carlo labels of the generator's own samples).")
+        3, ge=0, le=64, description="Corrupted copies of each reference solution among synthetic step labels.")
+    prm_labels: list[Literal["montecarlo", "synthetic", "dataset"]] = Field(
+        default_factory=lambda: ["montecarlo"], min_length=1,
+        description="Where the PRM's step labels come from, one or more of: montecarlo (Math-Shepherd: the "
+                    "generator's own sampled solutions, each step labelled by whether continuations from it reach "
+                    "the answer), synthetic (reference solutions and copies with one number changed), dataset "
+                    "(labelled steps read from data.stepLabels: TRL, Math-Shepherd or PRM800K format).")
+    prm_learning_rate: float | None = Field(
+        None, gt=0, le=1.0, description="Peak learning rate of the PRM's training (a new head on a pretrained "
+                                         "model usually wants more than fine-tuning the generator); "
+                                         "learningRate when omitted.")
+    prm_soft_labels: bool = Field(
+        False, description="Train on each Monte-Carlo step's share of continuations that reach the answer (soft "
+                           "labels) instead of whether any does (hard labels, Math-Shepherd's default).")
     monte_carlo: MonteCarloSpec = Field(default_factory=MonteCarloSpec)
+    compare_with_pool: bool = Field(
+        False, description="After training on the select stage's choice, also fine-tune a copy of the generator "
+                           "on the whole pool and report both (time, held-out accuracy) side by side; the copy "
+                           "is not kept.")
+
+    @model_validator(mode="after")
+    def _labels_once(self) -> SftSpec:
+        if len(set(self.prm_labels)) != len(self.prm_labels):
+            raise ValueError("prmLabels: name each source once")
+        return self
 
 
 class PpoSpec(SpecModel):
@@ -163,6 +200,9 @@ class GrpoSpec(SpecModel):
     clip: float = Field(0.2, gt=0.0, le=1.0, description="Clipping range of the probability ratio.")
     correctness_weight: float = Field(1.0, ge=0.0, description="Weight of answer correctness in the reward.")
     prm_weight: float = Field(0.5, ge=0.0, description="Weight of the PRM trajectory score in the reward.")
+    prm_aggregate: Literal["min", "mean", "last", "product"] = Field(
+        "min", description="How a completion's step scores become its PRM reward: min (as good as its weakest "
+                           "step), mean, last (the verdict on the final answer) or product.")
     max_completion_tokens: int = Field(512, ge=1, le=131072, description="Longest sampled solution.")
     loss_type: Literal["grpo", "dapo", "dr_grpo"] = Field(
         "dapo", description="Loss normalisation: dapo (mean over every token of the batch, the default), grpo "
@@ -173,9 +213,6 @@ class GrpoSpec(SpecModel):
                            "(Dr. GRPO): it blows PRM noise in a uniform group up to advantages of +-1.")
     drop_uniform_groups: bool = Field(
         True, description="Skip groups whose answers are all right or all wrong (DAPO): no correctness signal.")
-    eval_problems: int = Field(
-        64, ge=0, le=100_000, description="Held-out problems (the first eval benchmark) scored by greedy pass@1 "
-                                          "before and after RL; the stage's accuracy is the one after. 0: none.")
 
 
 class RlSpec(TrainingStageSpec):
@@ -187,6 +224,15 @@ class RlSpec(TrainingStageSpec):
     algorithm: Literal["grpo", "pgts"] = Field("pgts", description="grpo or pgts.")
     iterations: int = Field(50, ge=1, le=1_000_000, description="Rollout-and-update iterations.")
     problems_per_iteration: int = Field(32, ge=1, le=65536, description="Problems rolled out per iteration.")
+    eval_problems: int = Field(
+        64, ge=0, le=100_000,
+        description="Held-out problems of each eval benchmark (its first ones, never trained on) scored before "
+                    "and after RL, and every evalEvery iterations: GRPO by pass@1 and RM@k of the generator it "
+                    "trains, PGTS by the search's accuracy. The stage's accuracy is the first benchmark's after "
+                    "RL. 0: none.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Also score the held-out problems every this many iterations: accuracy during "
+                                "RL against iterations and RL FLOPs (the stage's results, metrics and report).")
     ppo: PpoSpec = Field(default_factory=PpoSpec)
     pgts: PgtsSpec = Field(default_factory=PgtsSpec)
     grpo: GrpoSpec = Field(default_factory=GrpoSpec)
@@ -199,6 +245,10 @@ class EvalSpec(StageSpec):
         default_factory=lambda: ["pass@1", "rm@k"], min_length=1, description="Decoding methods to score."
     )
     k: int = Field(8, ge=1, le=1024, description="Samples per problem for rm@k and majority@k.")
+    rm_aggregate: Literal["min", "mean", "last", "product"] = Field(
+        "min", description="How rm@k ranks a sample by its step scores: min (as good as its weakest step, the "
+                           "usual choice), mean, last (the verdict on the final answer) or product (all steps "
+                           "right, if independent).")
     batch_size: int = Field(16, ge=1, le=65536, description="Problems decoded together.")
     max_new_tokens: int = Field(512, ge=1, le=131072, description="Longest generated solution.")
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature for k > 1 samples.")
