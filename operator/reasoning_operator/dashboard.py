@@ -20,8 +20,11 @@ from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as Stat
 from grafana_foundation_sdk.builders.statetimeline import Panel as StateTimeline
 from grafana_foundation_sdk.builders.timeseries import Panel as TimeSeries
+from grafana_foundation_sdk.builders.trend import Panel as Trend
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DataSourceRef, VariableRefresh
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync, DataSourceRef, DataTransformerConfig, VariableRefresh,
+)
 
 from reasoning_trainer.metrics import GPU_METRICS, METRICS
 
@@ -98,6 +101,22 @@ def queries() -> dict[str, dict[str, list[Query]]]:
                 Query(quantile(0.95, "rto_step_duration_seconds", f"{BY_STAGE}, role"), "p95 {{run}} {{stage}} {{role}}"),
             ],
         },
+        # What the research plots: accuracy and search parallelism against the compute RL spent. A trend
+        # panel draws its second query against its first (joined on time): pick one run.
+        "Compute (FLOPs)": {
+            "FLOPs spent": [Query(f"sum by ({BY_STAGE}) ({metric('rto_flops_total')}{{{STAGE}}})",
+                                  "{{run}} {{stage}}")],
+            "Rollout accuracy against RL FLOPs": [
+                Query(f"sum({metric('rto_flops_total')}{{{RUN}, stage=\"rl\"}})", "flops"),
+                Query(f"max({metric('rto_accuracy_ratio')}{{{RUN}, stage=\"rl\", benchmark=\"rollouts\"}})",
+                      "rollout accuracy")],
+            "Average parallelism against RL FLOPs": [
+                Query(f"sum({metric('rto_flops_total')}{{{RUN}, stage=\"rl\"}})", "flops"),
+                Query(f"max({metric('rto_average_parallelism')}{{{RUN}, stage=\"rl\"}})", "average parallelism")],
+            "Held-out accuracy during RL": [Query(
+                f"max by (run, benchmark, metric) ({metric('rto_accuracy_ratio')}"
+                f"{{{RUN}, stage=\"rl\", metric=~\"pass@1|rm@k|pgts\"}})", "{{run}} {{benchmark}} {{metric}}")],
+        },
         "Tree search (PGTS)": {
             "Average parallelism": [Query(f"{metric('rto_average_parallelism')}{{{STAGE}}}", "{{run}} {{stage}}")],
             "Nodes and tokens per problem": [
@@ -132,16 +151,24 @@ UNITS = {
     "Tokens per second": "short", "Step time p50 / p95": "s", "Average parallelism": "short",
     "Nodes and tokens per problem": "short", "PPO losses and entropy": "none",
     "GPU memory per GPU (trainer)": "bytes", "GPU memory per GPU (DCGM)": "bytes",
+    "FLOPs spent": "short", "Rollout accuracy against RL FLOPs": "percentunit",
+    "Average parallelism against RL FLOPs": "short", "Held-out accuracy during RL": "percentunit",
 }
 PANEL_KINDS = {"Runs by phase": Stat, "Stage progress": StateTimeline,
-               "Accuracy by benchmark and method": BarGauge}
+               "Accuracy by benchmark and method": BarGauge,
+               "Rollout accuracy against RL FLOPs": Trend, "Average parallelism against RL FLOPs": Trend}
+# A trend panel's x-axis: the legend of its first query, a field once the queries are joined on time.
+JOIN_ON_TIME = DataTransformerConfig(id_val="joinByField", options={"byField": "Time", "mode": "outer"})
 
 
 def _panel(number: int, title: str, panel_queries: list[Query]):
     panel = PANEL_KINDS.get(title, TimeSeries)().id(number).title(title).unit(UNITS[title]).datasource(DATASOURCE)
     panel = panel.height(8).span(24 if title == "Stage progress" else 12)
-    if title in ("Stage progress", "Accuracy during training", "Accuracy by benchmark and method"):
+    if title in ("Stage progress", "Accuracy during training", "Accuracy by benchmark and method",
+                 "Held-out accuracy during RL"):
         panel = panel.min(0).max(1)
+    if PANEL_KINDS.get(title) is Trend:
+        panel = panel.with_transformation(JOIN_ON_TIME).x_field(panel_queries[0].legend)
     for index, query in enumerate(panel_queries):
         target = Dataquery().ref_id(chr(ord("A") + index)).expr(query.expr).legend_format(query.legend)
         if PANEL_KINDS.get(title) in (Stat, BarGauge):

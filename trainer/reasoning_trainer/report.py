@@ -32,6 +32,7 @@ def write_report(run: str, results: dict[str, dict], target: Path) -> Path:
     charts = [chart for chart in (
         _loss_chart(results), _accuracy_chart(results), _curves_chart(results, "accuracy"),
         _curves_chart(results, "reward"), _against_flops(results, "accuracy"), _against_flops(results, "parallelism"),
+        _held_out_during_rl({run: results}), _cost_against_flops(results), _pool_against_selected({run: results}),
         _time_chart(results), _memory_chart(results),
         _histogram_chart(results.get("select")),
     ) if chart is not None]
@@ -60,6 +61,7 @@ def write_comparison(runs: dict[str, dict[str, dict]], target: Path) -> Path:
             stage: max((result.get("peakMemoryBytes") or {"-": 0}).values()) / 2**30
             for stage, result in results.items()},
                  "The most memory each stage held, one bar per run."),
+        _held_out_during_rl(runs), _pool_against_selected(runs),
         _run_lines(runs, "loss", "Training loss by run", "One panel per stage and model, one line per run."),
         _run_lines(runs, "reward", "Reward during RL by run", "Mean rollout reward per RL iteration, one line per "
                                                                "run."),
@@ -239,6 +241,106 @@ def _against_flops(results, quantity: str) -> Chart | None:
                      _png(figure))
     return Chart("Average parallelism against RL FLOPs", "Branches the PGTS search explores per problem, against "
                  "the compute spent so far: a policy that learns to branch less (or more) shows it here.",
+                 _png(figure))
+
+
+def _held_out_during_rl(runs: dict[str, dict[str, dict]]) -> Chart | None:
+    """Held-out accuracy of each benchmark (and their average) during RL against the RL FLOPs spent: one
+    panel per method (GRPO: pass@1 and rm@k; PGTS: pgts), one line per benchmark and run."""
+    panels: dict[str, dict[str, list]] = {}
+    for name, results in runs.items():
+        for point in ((results.get("rl") or {}).get("details") or {}).get("evaluations") or []:
+            scores = {benchmark: found for benchmark, found in point.items() if isinstance(found, dict)}
+            methods = {method for found in scores.values() for method in found if method != "parallelism"}
+            for method in methods:
+                values = {benchmark: found[method] for benchmark, found in scores.items() if method in found}
+                if len(values) > 1:
+                    values["average"] = sum(values.values()) / len(values)
+                for benchmark, value in values.items():
+                    label = benchmark if len(runs) == 1 else f"{name}: {benchmark}"
+                    panels.setdefault(method, {}).setdefault(label, []).append((point["flops"], value))
+    panels = {method: lines for method, lines in panels.items() if any(len(points) > 1 for points in lines.values())}
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, (method, lines) in zip(axes[0], sorted(panels.items())):
+        for label, points in lines.items():
+            ax.plot(*zip(*points), marker="o", label=label)
+        ax.set_title(method)
+        ax.set_xlabel("RL FLOPs spent")
+        ax.set_ylabel("held-out accuracy")
+        ax.legend(fontsize="small")
+    return Chart("Held-out accuracy during RL", "Accuracy on held-out problems of each benchmark (and their "
+                 "average) at the start of RL, every evalEvery iterations and at the end, against the compute "
+                 "spent so far: rm@k is the PRM's pick of k samples, pass@1 the greedy answer, pgts the search. "
+                 "A line that rises is RL paying off on problems it never trained on; one line per run when "
+                 "comparing runs (model sizes, say).", _png(figure))
+
+
+def _cost_against_flops(results) -> Chart | None:
+    """Memory held and step time against the FLOPs a training stage had spent, its first half of steps
+    against its second: what a stage costs early and late."""
+    stages = {}
+    for stage, result in results.items():
+        for point in result.get("history", []):
+            if "step_seconds" in point and point.get("flops"):
+                stages.setdefault(f"{stage} ({point['role']})", []).append(point)
+    stages = {label: points for label, points in stages.items() if len(points) >= 4}  # steps, not one-off passes
+    if not stages:
+        return None
+    figure, (memory, seconds) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for number, (stage, points) in enumerate(stages.items()):
+        color = f"C{number}"
+        half = len(points) // 2
+        for part, marker, chosen in (("early", "o", points[:half]), ("late", "^", points[half:])):
+            flops_spent = [point["flops"] for point in chosen]
+            memory.scatter(flops_spent, [point["memory_gib"] for point in chosen], color=color, marker=marker, s=14,
+                           label=f"{stage}, {part}")
+            seconds.scatter(flops_spent, [point["step_seconds"] for point in chosen], color=color, marker=marker,
+                            s=14, label=f"{stage}, {part}")
+    memory.set_ylabel("memory held (GiB)")
+    seconds.set_ylabel("seconds per step")
+    for ax in (memory, seconds):
+        ax.set_xlabel("FLOPs spent in the stage")
+        ax.legend(fontsize="small")
+    return Chart("Memory and step time against FLOPs", "Each point is one step of a stage's model (circles: its "
+                 "first half, triangles: its second): the memory it held (per GPU: tensors; on CPU: the process) "
+                 "and how long the step took, against the FLOPs the stage had spent. Memory that climbs late "
+                 "means growing sequences or caches; steps that slow late mean longer rollouts.", _png(figure))
+
+
+def _pool_against_selected(runs: dict[str, dict[str, dict]]) -> Chart | None:
+    """SFT on the PRM's selection against SFT on the whole pool (sft.compareWithPool): training time and
+    held-out accuracy side by side."""
+    rows = {}
+    for name, results in runs.items():
+        details = ((results.get("sft") or {}).get("details") or {})
+        if "whole_pool" in details and "generator" in details:
+            rows[name] = (details["generator"], details["whole_pool"])
+    if not rows:
+        return None
+    figure, (seconds, accuracy) = plt.subplots(1, 2, figsize=(10, 0.6 * len(rows) + 2.6))
+    labels = []
+    for number, (name, (selected, whole)) in enumerate(rows.items()):
+        for offset, (part, found, color) in enumerate((("selected", selected, "tab:green"),
+                                                       ("whole pool", whole, "tab:gray"))):
+            row = number * 2 + offset
+            labels.append(f"{part} ({found['examples']} traces)" if len(rows) == 1 else f"{name}: {part}")
+            seconds.barh(row, found["seconds"], color=color)
+            accuracy.barh(row, found["held_out_accuracy_after"], color=color)
+        accuracy.axvline(selected["held_out_accuracy_before"], color="black", linestyle="--",
+                         label="before SFT" if number == 0 else None)
+    for ax in (seconds, accuracy):
+        ax.set_yticks(range(len(labels)), labels)
+        ax.invert_yaxis()
+    seconds.set_xlabel("SFT seconds")
+    accuracy.set_xlabel("held-out accuracy after SFT (greedy)")
+    accuracy.set_xlim(0, 1)
+    accuracy.legend(fontsize="small")
+    return Chart("SFT on the selected subset against the whole pool", "The same SFT recipe from the same "
+                 "starting model, on the traces the PRM kept and on every trace of the pool: what selection "
+                 "saves in training time and what it does to held-out accuracy (the dashed line is before SFT). "
+                 "The research's claim is both at once: several times cheaper and no less accurate.",
                  _png(figure))
 
 
