@@ -50,7 +50,8 @@ def merge(base: dict, override: dict) -> dict:
     return deep_merge(base, override)
 
 
-def _write_plan(folder: Path, name: str, overrides: dict | None = None) -> Path:
+def write_plan(folder: Path, name: str, overrides: dict | None = None) -> Path:
+    """A plan file for a small tiny run in folder, with no model built yet."""
     from reasoning_trainer.checkpoints import write_json
     from reasoning_trainer.job import plan_document
     from reasoning_trainer.planner import plan_run
@@ -69,7 +70,7 @@ def embedded_models(tmp_path_factory) -> Path:
     from reasoning_trainer.job import load_job
 
     folder = tmp_path_factory.mktemp("embedded")
-    models.load_generator(load_job(_write_plan(folder, "embedded")), "sft")
+    models.load_generator(load_job(write_plan(folder, "embedded")), "sft")
     return folder / "models"
 
 
@@ -84,7 +85,7 @@ def plan_file(tmp_path, embedded_models):
         if not (folder / "models").exists():
             for part in ("base", "tokenizer"):
                 shutil.copytree(embedded_models / part, folder / "models" / part)
-        return _write_plan(folder, name, overrides)
+        return write_plan(folder, name, overrides)
 
     return write
 

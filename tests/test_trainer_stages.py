@@ -114,6 +114,16 @@ def test_a_stage_missing_from_the_plan_is_refused_with_the_enabled_stages(plan_f
     assert train.main("sft", str(tmp_path / "missing.json"), metrics_port=0) == 2
 
 
+def test_sft_before_select_fails_naming_the_stage_to_run_first_without_a_traceback(plan_file, tmp_path,
+                                                                                  monkeypatch, caplog):
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("RTO_TERMINATION_LOG", str(log))
+    assert train.main("sft", str(plan_file()), metrics_port=0) == 1
+    reason = json.loads(log.read_text())["reason"]
+    assert "stages.select: its output" in reason and "run the select stage first" in reason
+    assert "Traceback" not in caplog.text
+
+
 def test_a_stage_that_already_succeeded_reports_its_results_without_training_again(plan_file, tmp_path,
                                                                                   monkeypatch):
     from reasoning_trainer.checkpoints import write_json
@@ -185,3 +195,27 @@ def test_wilson_intervals_match_published_values():
     assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert wilson(185, 200) == pytest.approx((0.8803, 0.9539), abs=1e-3)
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_a_stage_reports_the_gpu_hours_its_plan_gave_it(plan_file):
+    path = plan_file({"stages": {"select": {"enabled": False}, "sft": {"enabled": False},
+                                 "eval": {"methods": ["pass@1"]}}})
+    document = json.loads(path.read_text())
+    document["plan"]["stages"]["eval"]["gpus"] = 2  # as a plan for two GPUs would say; the stage runs here
+    path.write_text(json.dumps(document))
+    assert train.main("eval", str(path), metrics_port=0) == 0
+    result = results(path, "eval")
+    assert result["metrics"]["gpu_hours"] == pytest.approx(2 * result["durationSeconds"] / 3600, rel=0.02)
+
+
+def test_eval_reports_progress_after_each_part_of_a_benchmark(plan_file, monkeypatch):
+    from reasoning_trainer.metrics import StageMetrics
+
+    seen = []
+    monkeypatch.setattr(StageMetrics, "progress", lambda self, done: seen.append(round(done, 3)))
+    path = plan_file({"stages": {"select": {"enabled": False}, "sft": {"enabled": False},
+                                 "eval": {"methods": ["pass@1", "majority@k", "rm@k"], "k": 2}}})
+    assert train.main("eval", str(path), metrics_port=0) == 0
+    # greedy answers, the k samples, the PRM's picks: a console or dashboard sees the stage move
+    # between them instead of jumping from 0 to 1 at the end.
+    assert seen == [0.333, 0.667, 1.0, 1.0]

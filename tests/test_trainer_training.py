@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from conftest import pod_env
+from conftest import pod_env, write_plan
 from reasoning_trainer import models, train
 from reasoning_trainer.checkpoints import latest_complete
 from reasoning_trainer.job import load_job
@@ -178,6 +178,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(plan_file):
     assert message["phase"] == "Interrupted"
     stopped_at = int(message["reason"].split("step ")[1].split()[0])
     assert latest_complete(folder).name == f"checkpoint-{stopped_at}"
+
+
+def test_sigterm_while_the_embedded_base_is_pretrained_exits_143_at_once(tmp_path):
+    path = write_plan(tmp_path / "fresh", "fresh", GENERATOR_ONLY)  # no base yet: the stage pretrains it first (minutes)
+    process = _start_sft(path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "fresh" / "models" / "tokenizer").exists():  # built just before pretraining
+        assert process.poll() is None and time.monotonic() < deadline, "the stage never reached pretraining"
+        time.sleep(0.2)
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 143  # a pod's default grace period is 30 s
+    message = json.loads((path.parent / "termination-log").read_text())
+    assert message["phase"] == "Interrupted"
+    assert "embedded base pretraining" in message["reason"]
+    assert not (tmp_path / "fresh" / "models" / "base").exists()  # no half-built base left to load
 
 
 GRPO = {"stages": {"select": {"enabled": False}, "sft": {"enabled": False}, "eval": {"enabled": False},

@@ -75,12 +75,21 @@ class StopRequest:
     """Turns SIGTERM (Kubernetes eviction, preemption, `kubectl delete`) into a flag the
     training loops poll: they save a checkpoint and exit instead of dying mid-write."""
 
+    # The process's installed request, for work that runs inside model loading and gets no
+    # `stop` of its own (the embedded base's pretraining).
+    installed: StopRequest | None = None
+
     def __init__(self) -> None:
         self.requested = False
 
     def install(self) -> StopRequest:
         signal.signal(signal.SIGTERM, self._handle)
+        StopRequest.installed = self
         return self
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+
+
+def stop_requested() -> bool:
+    return StopRequest.installed is not None and StopRequest.installed.requested

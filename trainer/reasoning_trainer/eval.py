@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 
@@ -51,12 +52,12 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         started = time.monotonic()
         instruction = benchmark_instruction(benchmark, job.spec.models.generator.generation.instruction)
         scores = score_benchmark(job, generator, tokenizer, reward_model, prm_tokenizer, problems, searcher,
-                                 instruction, metrics=metrics)
+                                 instruction, metrics=metrics,
+                                 progress=lambda share: metrics.progress((number + share) / len(benchmarks)))
         for method, value in scores.items():
             metrics.accuracy(benchmark.name, method, value)
             result.metrics[f"{benchmark.name}/{method}"] = value
         metrics.step("generator", time.monotonic() - started, 0, number + 1)
-        metrics.progress((number + 1) / len(benchmarks))
         intervals = {method: list(wilson(round(value * len(problems)), len(problems)))
                      for method, value in scores.items()}
         result.details[benchmark.name] = {"problems": len(problems), "answerFormat": problems[0].answer_format
@@ -86,10 +87,19 @@ def averages(per_benchmark: dict[str, dict]) -> dict[str, float]:
 
 def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_tokenizer,
                     problems: list[Problem], searcher=None, instruction: str | None = None,
-                    evaluation: EvalSpec | None = None, metrics: StageMetrics | None = None) -> dict[str, float]:
+                    evaluation: EvalSpec | None = None, metrics: StageMetrics | None = None,
+                    progress: Callable[[float], None] | None = None) -> dict[str, float]:
     """The methods of ``evaluation`` (the eval stage's settings by default) on one benchmark's problems;
-    with ``metrics``, the FLOPs they spend (generation, the PRM's scoring, the search) go there."""
+    with ``metrics``, the FLOPs they spend (generation, the PRM's scoring, the search) go there, and
+    ``progress`` hears the share of the benchmark done after each of its parts."""
     evaluation = evaluation or job.spec.stages.eval
+    sampled = any(method in evaluation.methods for method in ("rm@k", "majority@k"))
+    parts = [part for part, runs in (("pass@1", "pass@1" in evaluation.methods), ("samples", sampled),
+                                     ("rm@k", "rm@k" in evaluation.methods), ("pgts", searcher is not None)) if runs]
+
+    def finished(part: str) -> None:
+        if progress is not None:
+            progress((parts.index(part) + 1) / len(parts))
     generation = job.spec.models.generator.generation
     separator = job.spec.step_separator
     questions = [problem.question for problem in problems]
@@ -109,8 +119,10 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
     if "pass@1" in evaluation.methods:
         greedy = [solutions[0] for solutions in sample(1, 0.0)]
         scores["pass@1"] = _share(p.solved_by(answer) for (_, answer), p in zip(greedy, problems))
-    if any(method in evaluation.methods for method in ("rm@k", "majority@k")):
+        finished("pass@1")
+    if sampled:
         samples = sample(evaluation.k, evaluation.temperature)
+        finished("samples")
         scores["pass@k"] = _share(any(p.solved_by(a) for _, a in s) for s, p in zip(samples, problems))
         if "majority@k" in evaluation.methods:
             scores["majority@k"] = _share(p.solved_by(majority(s, p.answer_format)) for s, p in zip(samples, problems))
@@ -118,6 +130,7 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
             picks = best_by_prm(job, reward_model, prm_tokenizer, problems, samples, evaluation.batch_size,
                                 evaluation.rm_aggregate, metrics)
             scores["rm@k"] = _share(p.solved_by(a) for a, p in zip(picks, problems))
+            finished("rm@k")
     if searcher is not None:
         seeds = [PGTS_SEED + number for number in range(len(problems))]
         episodes, found = timed_search(searcher, pgts.planned_limits(job), problems, seeds, greedy_actions=True)
@@ -126,6 +139,7 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
             tokens = sum(episode.tokens for episode in episodes)
             for role, model in (("generator", searcher.generator), ("rewardModel", searcher.reward_model)):
                 metrics.flops(role, flops.forward(flops.Shape.of(model), tokens, found.tokens_per_problem))
+        finished("pgts")
     return scores
 
 

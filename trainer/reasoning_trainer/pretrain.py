@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, get_cosine_schedule_with_warmup
 
-from .checkpoints import atomic_dir
+from .checkpoints import atomic_dir, stop_requested
 from .data import embedded
 from .data.embedded import MAX_OPERAND, MAX_VALUE
 from .data.problems import reference_trace
 from .planner.architectures import Architecture
+from .training import StageInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ def _fit(model, what: str, rows: list[tuple[list[int], list[int]]], epochs: int,
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
+            if stop_requested():
+                # Nothing is kept: the base is deterministic and built again from the start next time.
+                raise StageInterrupted(f"embedded base pretraining on {what} stopped in epoch {epoch + 1} after SIGTERM")
         log.info("embedded base pretraining on %s: epoch %d/%d, loss %.3f", what, epoch + 1, epochs, loss.item())
 
 

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from . import console
 from .checkpoints import StopRequest, read_json, write_json
 from .console import StageProgress
+from .data.sources import DataError
 from .job import StageJob, load_job
 from .metrics import StageMetrics
 from .stage_result import StageResult, termination_message, write_termination_message
@@ -84,7 +85,9 @@ def _run_stage(job: StageJob, stage: str, metrics: StageMetrics) -> int:
         log.warning("%s", interrupted)
         return EXIT_INTERRUPTED
     except Exception as error:
-        log.error("stage %s failed:\n%s", stage, traceback.format_exc())
+        # Data the spec points at names its field and fix; a traceback would only bury it.
+        detail = str(error) if isinstance(error, DataError) else traceback.format_exc()
+        log.error("stage %s failed:\n%s", stage, detail)
         write_termination_message(termination_message(stage, "Failed", time.monotonic() - started,
                                                       reason=f"{type(error).__name__}: {error}"))
         return 1
@@ -92,6 +95,8 @@ def _run_stage(job: StageJob, stage: str, metrics: StageMetrics) -> int:
     metrics.progress(1.0)
     if metrics.flops_by_role:
         result.metrics["flops"] = metrics.flops_total
+    # What the stage cost in GPU time: its planned GPUs for as long as it ran (0 on the CPU).
+    result.metrics["gpu_hours"] = job.stage_plan(stage)["gpus"] * duration / 3600
     if not is_main_process():
         return 0  # rank 0 writes the stage's results
     _write_results(job, stage, result, duration, started_at, metrics)

@@ -133,8 +133,11 @@ def write_traces(path: Path, traces: list[Trace], scores: list[float] | None = N
 
 
 def read_selected(path: Path) -> list[Trace]:
+    if not path.is_file():
+        raise DataError(f"stages.select: its output {path} does not exist; run the select stage first, "
+                        "or set stages.select.enabled: false to train on data.train")
     traces = []
-    for record in _jsonl_records(path, "train", str(path)):
+    for record in _jsonl_records(path, "train", "stages.select"):
         problem = parse_gsm8k(record["question"], f"#### {record['reference_answer']}")
         if "steps" in record:
             steps, answer = record["steps"], record["final_answer"]
