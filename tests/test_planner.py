@@ -133,11 +133,15 @@ def test_unknown_models_need_a_parameter_count():
     assert plan_run(validate_spec(spec), "80Gi").stages["rl"].gpus >= 1
 
 
-def test_8bit_keeps_embeddings_in_16bit():
+def test_8bit_keeps_embeddings_norms_and_biases_in_16bit_and_lora_training_upcasts_them():
     arch = architecture_for(LanguageModelSpec.model_validate({"name": "Qwen/Qwen2.5-14B-Instruct"}))
     eight = weight_bytes(arch, "bfloat16", True)
-    assert eight == (arch.parameters - arch.embedding_parameters) + 2 * arch.embedding_parameters
+    kept = arch.parameters - arch.quantised_parameters
+    assert kept > arch.embedding_parameters  # the untied head and embeddings, plus every norm and bias
+    assert eight == arch.quantised_parameters + 2 * kept
     assert eight / GIB < weight_bytes(arch, "bfloat16", False) / GIB / 1.7
+    # Under LoRA, peft upcasts what is not int8: 2.9 GiB more for this model's embeddings and head.
+    assert (weight_bytes(arch, "bfloat16", True, kbit_training=True) - eight) / GIB == pytest.approx(2.9, abs=0.05)
 
 
 def test_the_prm_is_trained_in_select_when_select_runs_before_sft():

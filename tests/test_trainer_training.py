@@ -12,6 +12,8 @@ from conftest import pod_env, write_plan
 from reasoning_trainer import models, train
 from reasoning_trainer.checkpoints import latest_complete
 from reasoning_trainer.job import load_job
+from reasoning_trainer.planner.architectures import EMBEDDED
+from reasoning_trainer.planner.memory import weight_bytes
 
 GENERATOR_ONLY = {"stages": {"select": {"enabled": False}, "sft": {"target": "generator"}, "eval": {"enabled": False}}}
 
@@ -98,8 +100,8 @@ def test_8bit_loading_through_bitsandbytes(plan_file, tmp_path):
     job = load_job(plan_file())
     models.load_generator(job, "sft")  # the embedded base, under models/base/tiny-qwen2
     base = job.paths.model("base") / "tiny-qwen2"
-    path = plan_file({"models": {"generator": {"name": str(base), "loadIn8bit": True, "lora": {"r": 4}}},
-                      **GENERATOR_ONLY}, name="eight")
+    path = plan_file({"models": {"generator": {"name": str(base), "loadIn8bit": True, "dtype": "bfloat16",
+                                               "lora": {"r": 4}}}, **GENERATOR_ONLY}, name="eight")
     job = load_job(path)
     assert job.stage_plan("sft")["load_in_8bit"]["generator"] is True
     model = models.load_generator(job, "sft", trainable=True)
@@ -107,6 +109,10 @@ def test_8bit_loading_through_bitsandbytes(plan_file, tmp_path):
 
     assert any(isinstance(module, bnb.nn.Linear8bitLt) for module in model.modules())
     assert model.get_nb_trainable_parameters()[0] < 100_000  # only the adapters train
+    # The planner counts the frozen base as it sits in memory: int8 linear weights, and everything else
+    # upcast to fp32 by peft's k-bit preparation (not the bf16 the spec names).
+    frozen = sum(p.numel() * p.element_size() for name, p in model.named_parameters() if "lora_" not in name)
+    assert frozen == weight_bytes(EMBEDDED["tiny-qwen2"], "bfloat16", True, kbit_training=True)
     batch = torch.tensor([[5, 6, 7, 8]])
     loss = model(input_ids=batch, labels=batch).loss
     loss.backward()

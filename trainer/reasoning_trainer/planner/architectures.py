@@ -44,6 +44,13 @@ class Architecture:
         return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
 
     @property
+    def quantised_parameters(self) -> int:
+        """The linear layers' weights: what 8-bit loading stores as int8 (not embeddings, norms, biases)."""
+        biases = self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0
+        kept = self.layers * (biases + 2 * self.hidden) + self.hidden
+        return self.parameters - self.embedding_parameters - kept
+
+    @property
     def layer_parameters(self) -> int:
         h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
         attention = h * q + 2 * h * kv + q * h + (q + 2 * kv if self.qkv_bias else 0)

@@ -62,12 +62,15 @@ class Estimate:
         return sum(self.parts.values()) * FRAGMENTATION + self.overhead_gib
 
 
-def weight_bytes(arch: Architecture, dtype: str, load_in_8bit: bool) -> float:
-    """8-bit quantises the linear layers; embeddings and the output head stay 16-bit."""
+def weight_bytes(arch: Architecture, dtype: str, load_in_8bit: bool, kbit_training: bool = False) -> float:
+    """8-bit quantises the linear layers' weights; embeddings, the output head, norms and biases stay
+    in ``dtype``, or in fp32 under ``kbit_training`` (LoRA on an 8-bit base: peft's
+    prepare_model_for_kbit_training upcasts every weight that is not int8)."""
     if not load_in_8bit:
         return arch.parameters * DTYPE_BYTES[dtype]
-    embedded = arch.embedding_parameters
-    return (arch.parameters - embedded) * INT8_BYTES + embedded * DTYPE_BYTES[dtype]
+    quantised = arch.quantised_parameters
+    kept = DTYPE_BYTES["float32"] if kbit_training else DTYPE_BYTES[dtype]
+    return quantised * INT8_BYTES + (arch.parameters - quantised) * kept
 
 
 def layer_activation_bytes(arch: Architecture, lora: bool) -> float:
@@ -99,7 +102,7 @@ def training_estimate(setup: TrainingSetup, role: str) -> Estimate:
     estimate = Estimate()
     if setup.lora_rank:
         trainable = arch.lora_parameters(setup.lora_rank, list(setup.lora_targets))
-        frozen = weight_bytes(arch, setup.dtype, setup.load_in_8bit)
+        frozen = weight_bytes(arch, setup.dtype, setup.load_in_8bit, kbit_training=True)
         estimate.add(f"{role} weights", frozen / n if setup.zero_stage == 3 else frozen)
     else:
         trainable = arch.parameters
