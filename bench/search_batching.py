@@ -1,7 +1,8 @@
 """PGTS search: problems per second of the batched search (all problems' trees in one round of
 policy, generation and PRM calls) against searching one problem at a time, with the same
 models, seeds and limits; the trees must come out identical. Then the batched search with each
-path's keys and values cached (pgts.cacheKv) against re-encoding every path for each new step.
+path's keys and values cached, the generator's and the PRM's (pgts.cacheKv), against both models
+reading every path again for each new step.
 
     python bench/search_batching.py            # 8 and 32 problems, embedded tiny shapes
     python bench/search_batching.py --quick    # a smoke run for make test

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from reasoning_trainer import train
+from reasoning_trainer import prm, train
 from reasoning_trainer.data.sources import load_problems
 from reasoning_trainer.job import load_job
 from reasoning_trainer.rl import pgts
@@ -126,8 +126,16 @@ def test_continuing_each_path_from_its_cache_grows_the_trees_that_re_encoding_gr
         assert [d.action for d in fast.decisions] == [d.action for d in slow.decisions]
         for kept, recomputed in zip(fast.tree.nodes, slow.tree.nodes):
             torch.testing.assert_close(kept.feature, recomputed.feature, atol=1e-4, rtol=1e-4)
-        assert not fast.kv, "a finished tree gives its cache back"
+            # The PRM scored the step after its path's cache as it scores the whole solution read anew.
+            assert kept.score == pytest.approx(recomputed.score, abs=1e-5)
+        assert not fast.kv and not fast.prm_kv, "a finished tree gives its caches back"
     assert max(node.depth for e in cached for node in e.tree.nodes) >= 2, "some step continued a cached path"
+    # And the cached scores are the ones prm.score gives each whole solution, the way select and eval read it.
+    tree = cached[0].tree
+    deepest = max(range(1, len(tree.nodes)), key=lambda index: tree.nodes[index].depth)
+    [whole] = prm.score(models.reward_model, models.prm_tokenizer, [(tree.question, tree.steps(deepest))],
+                        models.separator, 1, 4096)
+    assert whole[-1] == pytest.approx(tree.nodes[deepest].score, abs=1e-5)
 
 
 def test_the_search_uses_the_batch_and_cache_the_planner_fitted(plan_file):

@@ -21,7 +21,10 @@ def test_fast_on_24gib_trains_the_prm_on_one_gpu_then_searches_on_one_gpu():
     assert 6 <= stages["sft"].memory_gib <= 11  # reference: ~9 GB
     assert stages["sft"].gradient_checkpointing is True
     assert stages["rl"].gpus == 1
-    assert 11 <= stages["rl"].memory_gib <= 14  # reference: 11-14 GB
+    # Reference: 11-14 GB for a search that reads every path again with the PRM; this one also keeps
+    # the PRM's keys and values of every tree (about 1 GiB for a 1.5B PRM at four trees).
+    assert 11 <= stages["rl"].memory_gib <= 15
+    assert stages["rl"].kv_cache is True
     assert stages["rl"].placement == {"generator": "cuda:0", "rewardModel": "cuda:0", "policy": "cuda:0"}
     assert not any(stages["rl"].load_in_8bit.values())
 
@@ -193,3 +196,14 @@ def test_grpo_asked_for_more_gpus_than_one_process_uses_is_refused_by_field():
                           "stages": {"rl": {"algorithm": "grpo", "gpus": 4}, "eval": {"methods": ["pass@1"]}}})
     with pytest.raises(PlanError, match="spec.stages.rl"):
         plan_run(spec)
+
+
+def test_the_search_plans_the_prms_tree_cache_only_for_a_prm_that_continues_paths():
+    ours = plan("fast", "24Gi").stages["rl"].devices[0].parts
+    assert ours["search tree rewardModel kv cache"] > 0.5  # GiB: a 1.5B PRM's keys and values of four trees
+    prm = {"name": "Qwen/Qwen2.5-Math-PRM-7B", "stepToken": "<extra_0>"}
+    published = plan("fast", "80Gi", models={"rewardModel": prm},
+                     stages={"sft": {"target": "generator"}}).stages["rl"].devices
+    parts = {name for device in published for name in device.parts}
+    # A published PRM's chat template closes the turn after the last step: it reads each path again.
+    assert "search tree rewardModel kv cache" not in parts and "rewardModel workspace" in parts

@@ -301,18 +301,28 @@ def _plan_rl(context: _Context, archs: dict[str, Architecture]) -> StagePlan | N
             return estimate
         return estimate_for
 
-    def scorer_side(eight_bit, problems):
-        arch = archs["rewardModel"]
-        estimate = inference_weights(arch, reward_model.dtype, eight_bit["rewardModel"], "rewardModel")
-        estimate.add("rewardModel workspace", forward_workspace_bytes(arch, problems * path_tokens))
-        estimate.add("policy network", policy_network_bytes(
-            policy.hidden_size, policy.layers, archs["generator"].hidden, problems * stage.pgts.max_nodes))
-        return estimate
+    def scorer_side(cached):
+        def estimate_for(eight_bit, problems):
+            arch = archs["rewardModel"]
+            estimate = inference_weights(arch, reward_model.dtype, eight_bit["rewardModel"], "rewardModel")
+            if cached:  # the PRM scores each new step after its path's cache, kept for the whole tree
+                estimate.add("rewardModel kv cache", kv_cache_bytes(arch, problems, path_tokens))
+                estimate.add("search tree rewardModel kv cache", kv_cache_bytes(arch, problems, tree_tokens))
+                estimate.add("rewardModel workspace", forward_workspace_bytes(arch, problems * step_tokens))
+            else:  # the PRM reads each path again
+                estimate.add("rewardModel workspace", forward_workspace_bytes(arch, problems * path_tokens))
+            estimate.add("policy network", policy_network_bytes(
+                policy.hidden_size, policy.layers, archs["generator"].hidden, problems * stage.pgts.max_nodes))
+            return estimate
+        return estimate_for
 
+    # A published PRM reads the whole chat every time (search.py): only the generator's side caches.
+    prm_caches = reward_model.step_token is None
     # The cache saves re-encoding paths, but a larger search batch saves more: keep the cache only
     # when it costs no batch.
-    plans = [(cached, _place_two_sides(context, "rl", stage, generator_side(cached), scorer_side,
-                                       _halvings(stage.pgts.search_batch), trains=["policy"], with_policy=True))
+    plans = [(cached, _place_two_sides(context, "rl", stage, generator_side(cached),
+                                       scorer_side(cached and prm_caches), _halvings(stage.pgts.search_batch),
+                                       trains=["policy"], with_policy=True))
              for cached in ([True, False] if stage.pgts.cache_kv else [False])]
     cached, best = max(((cached, plan) for cached, plan in plans if plan is not None),
                        key=lambda option: (option[1].batch_size, option[0]), default=(False, None))

@@ -4,9 +4,12 @@ Each round, the policy picks one action per unfinished tree (one batched forward
 EXPAND and BRANCH of the round becomes one batched ``generate`` call for the new steps, one
 batched PRM pass that scores them, and one batched forward that reads the new nodes' features.
 
-Every node keeps the generator's keys and values of its own tokens (the root: the prompt's).
-A path's cache is its nodes' pieces laid end to end, so a new step is generated, and its feature
-read, by running only the step's tokens: the path is never encoded twice (``pgts.cacheKv``).
+Every node keeps the generator's keys and values of its own tokens (the root: the prompt's),
+and the PRM's of its own step and separator. A path's cache is its nodes' pieces laid end to end,
+so a new step is generated, its feature read and its PRM score computed by running only the
+step's tokens: the path is never encoded twice (``pgts.cacheKv``). A published PRM reads the whole
+chat each time (its template closes the turn after the last step, so a path is no prefix of its
+continuation).
 
 Every tree draws its randomness (action choices and token sampling, both by the Gumbel-max
 trick) from its own generator seeded per problem, and only while it is unfinished, so a
@@ -31,8 +34,10 @@ from .policy import TreePolicy, encode
 from .tree import BACKTRACK, TERMINATE, Tree, TreeState
 
 
-# One (keys, values) pair per generator layer, each [1, kv heads, tokens, head dim].
+# One (keys, values) pair per layer (generator or PRM), each [1, kv heads, tokens, head dim].
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
+# The longest solution the PRM reads; the steps past it are not scored.
+PRM_MAX_TOKENS = 4096
 
 
 @dataclass
@@ -54,6 +59,9 @@ class Episode:
     tokens: int = 0
     # Node index -> the generator's (keys, values) per layer for that node's own tokens.
     kv: dict[int, KeysValues] = field(default_factory=dict, repr=False)
+    # Node index -> the PRM's, for the node's step and separator (the root: the PRM's prompt). A node
+    # without one did not fit the PRM's context.
+    prm_kv: dict[int, KeysValues] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -70,6 +78,10 @@ class SearchModels:
 
     def prompt(self, question: str) -> list[int]:
         return prompt_ids(self.tokenizer, question, self.instruction)[-self.max_prompt_tokens:]
+
+    @property
+    def prm_continues_paths(self) -> bool:
+        return getattr(self.reward_model, "step_token", None) is None
 
 
 @dataclass
@@ -93,6 +105,11 @@ def search(models: SearchModels, pgts: PgtsSpec, problems: list[Problem], seeds:
     if pgts.cache_kv:
         for episode, kv in zip(episodes, prompt_kv):
             episode.kv[0] = kv
+        if models.prm_continues_paths:
+            _, prm_prompt_kv = _continue(models.reward_model, None,
+                                         [prompt_ids(models.prm_tokenizer, p.question) for p in problems])
+            for episode, kv in zip(episodes, prm_prompt_kv):
+                episode.prm_kv[0] = kv
     max_actions = 2 * pgts.max_nodes
     models.policy.eval()  # dropout off while acting
     while active := [i for i, e in enumerate(episodes) if not e.tree.done]:
@@ -178,23 +195,59 @@ def _grow(models: SearchModels, pgts: PgtsSpec, episodes: list[Episode], request
             episodes[i].decisions[-1].reward += pgts.rewards.invalid_action
     if not made:
         return
-    solutions = [(episodes[i].tree.question, episodes[i].tree.steps(parent) + [text])
-                 for i, parent, text, *_ in made]
-    scores = prm.score(models.reward_model, models.prm_tokenizer, solutions, separator, len(solutions), 4096)
+    if pgts.cache_kv and models.prm_continues_paths:
+        scores, prm_pieces = _score_after_paths(models, [(episodes[i], parent, text) for i, parent, text, *_ in made])
+    else:
+        solutions = [(episodes[i].tree.question, episodes[i].tree.steps(parent) + [text])
+                     for i, parent, text, *_ in made]
+        scores = [step_scores[-1] if step_scores else 0.0 for step_scores in prm.score(
+            models.reward_model, models.prm_tokenizer, solutions, separator, len(solutions), PRM_MAX_TOKENS)]
+        prm_pieces = [None] * len(made)
     if pgts.cache_kv:  # only the new steps' tokens run, after their paths' caches
         features, step_kv = _extend(models.generator, [path for *_, path in made],
                                     [step for _, _, _, step, _, _ in made])
     else:
         features, step_kv = _extend(models.generator, None, [prefix + step for _, _, _, step, prefix, _ in made])
-    for (i, parent, text, step, _, _), step_scores, feature, kv in zip(made, scores, features, step_kv):
-        score = step_scores[-1] if step_scores else 0.0
+    for (i, parent, text, step, _, _), score, feature, kv, prm_kv in zip(made, scores, features, step_kv, prm_pieces):
         child = episodes[i].tree.add_step(parent, text, score, feature, tuple(step))
         if pgts.cache_kv:
             episodes[i].kv[child] = kv
+        if prm_kv is not None:
+            episodes[i].prm_kv[child] = prm_kv
+
+
+def _score_after_paths(models: SearchModels, steps: list[tuple[Episode, int, str]]
+                       ) -> tuple[list[float], list[KeysValues | None]]:
+    """The PRM's score of each new step (text after its parent's path), run after the path's cached
+    PRM keys and values, with the step's own piece of that cache. The same scores prm.score gives the
+    whole solution: a step past the PRM's context is not scored, and the path keeps its last score."""
+    tokenizer = models.prm_tokenizer
+    separator_ids = tokenizer(models.separator, add_special_tokens=False)["input_ids"]
+    scores: list[float | None] = []
+    runs: list[tuple[int, KeysValues, list[int]]] = []
+    for row, (episode, parent, text) in enumerate(steps):
+        nodes = [0, *episode.tree.path(parent)]
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"] + separator_ids
+        fits = all(node in episode.prm_kv for node in nodes) and \
+            sum(episode.prm_kv[node][0][0].shape[2] for node in nodes) + len(piece) <= PRM_MAX_TOKENS
+        if fits:
+            runs.append((row, _path_kv(episode, parent, episode.prm_kv), piece))
+            scores.append(None)
+        else:
+            scores.append(0.0 if parent == 0 else episode.tree.nodes[parent].score)
+    pieces: list[KeysValues | None] = [None] * len(steps)
+    if runs:
+        out, made = _continue(models.reward_model, [path for _, path, _ in runs], [piece for *_, piece in runs])
+        correct = out.logits.float().softmax(-1)[..., 1].cpu()
+        for position, ((row, _, piece), kv) in enumerate(zip(runs, made)):
+            scores[row] = float(correct[position, len(piece) - 1])
+            pieces[row] = kv
+    return scores, pieces
 
 
 def _settle(episode: Episode, pgts: PgtsSpec) -> None:
-    episode.kv.clear()  # a finished tree grows no more steps: give its cache's memory back
+    episode.kv.clear()  # a finished tree grows no more steps: give its caches' memory back
+    episode.prm_kv.clear()
     episode.answer = episode.tree.final_answer()
     episode.correct = episode.problem.solved_by(episode.answer)
     outcome = pgts.rewards.correct if episode.correct else pgts.rewards.wrong
@@ -206,9 +259,11 @@ def _prefix(models: SearchModels, tree: Tree, parent: int) -> list[int]:
     return models.prompt(tree.question) + tree.tokens(parent)
 
 
-def _path_kv(episode: Episode, node: int) -> KeysValues:
-    """The cache of the prompt and every step down to ``node``: its nodes' pieces end to end."""
-    pieces = [episode.kv[index] for index in [0, *episode.tree.path(node)]]
+def _path_kv(episode: Episode, node: int, kv: dict[int, KeysValues] | None = None) -> KeysValues:
+    """The cache of the prompt and every step down to ``node``: its nodes' pieces end to end (the
+    generator's, or those of ``kv``)."""
+    kv = episode.kv if kv is None else kv
+    pieces = [kv[index] for index in [0, *episode.tree.path(node)]]
     return [(torch.cat([piece[layer][0] for piece in pieces], dim=2),
              torch.cat([piece[layer][1] for piece in pieces], dim=2)) for layer in range(len(pieces[0]))]
 
@@ -223,12 +278,20 @@ def _batched_cache(paths: list[KeysValues], width: int, model) -> DynamicCache:
     return DynamicCache(ddp_cache_data=layers, config=model.config)
 
 
-@torch.no_grad()
 def _extend(model, paths: list[KeysValues] | None,
             sequences: list[list[int]]) -> tuple[list[torch.Tensor], list[KeysValues]]:
-    """Run each sequence after its path's cache (none: from the start). Returns the last layer's
-    hidden state at each sequence's last token (the new node's feature, fp32 on the CPU) and the
-    keys and values of the sequence's own tokens (the new node's piece of the cache)."""
+    """Run the generator on each sequence after its path's cache (none: from the start). Returns the
+    last layer's hidden state at each sequence's last token (the new node's feature, fp32 on the CPU)
+    and the keys and values of the sequence's own tokens (the new node's piece of the cache)."""
+    out, pieces = _continue(model, paths, sequences, output_hidden_states=True)
+    hidden = out.hidden_states[-1]
+    return [hidden[row, len(sequence) - 1].float().cpu() for row, sequence in enumerate(sequences)], pieces
+
+
+@torch.no_grad()
+def _continue(model, paths: list[KeysValues] | None, sequences: list[list[int]], **outputs):
+    """Run ``model`` on each sequence after its path's cache (none: from the start); returns the
+    model's output (rows right-padded) and each sequence's own keys and values."""
     device = next(model.parameters()).device
     past = [path[0][0].shape[2] for path in paths] if paths else [0] * len(sequences)
     width, length = max(past), max(len(sequence) for sequence in sequences)
@@ -241,14 +304,13 @@ def _extend(model, paths: list[KeysValues] | None,
         mask[row, width - past[row]:width + len(sequence)] = 1
     positions = torch.tensor(past)[:, None] + torch.arange(length)[None]
     cache = _batched_cache(paths, width, model) if paths else DynamicCache(config=model.config)
+    # A token classification model returns no cache: the one passed in is filled in place.
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                past_key_values=cache, use_cache=True, output_hidden_states=True)
-    hidden = out.hidden_states[-1]
-    features = [hidden[row, len(sequence) - 1].float().cpu() for row, sequence in enumerate(sequences)]
+                past_key_values=cache, use_cache=True, **outputs)
     pieces = [[(layer.keys[row:row + 1, :, width:width + len(sequence)].clone(),
                 layer.values[row:row + 1, :, width:width + len(sequence)].clone())
-               for layer in out.past_key_values.layers] for row, sequence in enumerate(sequences)]
-    return features, pieces
+               for layer in cache.layers] for row, sequence in enumerate(sequences)]
+    return out, pieces
 
 
 @torch.no_grad()

@@ -176,9 +176,10 @@ class PgtsSpec(SpecModel):
     )
     cache_kv: bool = Field(
         True,
-        description="Keep each search node's keys and values on the generator's device, so that a new step "
-                    "continues its path without re-encoding it. The planner keeps them only where they cost no "
-                    "search batch on these GPUs; false always re-encodes paths.",
+        description="Keep each search node's keys and values, the generator's and the PRM's (a published PRM "
+                    "reads every path again), so that a new step is generated and scored after its path without "
+                    "re-encoding it. The planner keeps them only where they cost no search batch on these GPUs; "
+                    "false always re-encodes paths.",
     )
     rewards: PgtsRewardsSpec = Field(default_factory=PgtsRewardsSpec)
 
