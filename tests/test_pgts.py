@@ -138,6 +138,41 @@ def test_continuing_each_path_from_its_cache_grows_the_trees_that_re_encoding_gr
     assert whole[-1] == pytest.approx(tree.nodes[deepest].score, abs=1e-5)
 
 
+class _ExpandThenTerminate(torch.nn.Module):
+    """A policy that expands wherever it may and terminates otherwise: it never branches."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch):
+        preference = torch.tensor([2.0, 0.0, 0.0, 1.0])
+        logits = preference.expand(batch["action_mask"].shape).masked_fill(~batch["action_mask"], float("-inf"))
+        return logits, torch.zeros(len(logits))
+
+
+def test_a_policy_that_only_expands_finds_the_greedy_solution_and_branches_are_samples(searcher):
+    from reasoning_trainer.data.problems import split_solution
+    from reasoning_trainer.generation import solve
+
+    job, models = searcher
+    limits = job.spec.stages.rl.pgts.model_copy(update={"max_depth": 6, "max_nodes": 12})
+    problems = load_problems(job.spec.data.train, "spec.data.train")[:6]
+    greedy = solve(models.generator, models.tokenizer, [p.question for p in problems], 1, 64,
+                   job.spec.models.generator.generation.max_prompt_tokens, 0.0, 1.0, len(problems))
+    models.policy = _ExpandThenTerminate()
+    for episode, [text] in zip(search(models, limits, problems, list(range(6)), greedy_actions=True), greedy):
+        steps, answer = split_solution(text, models.separator)
+        if len(steps) < limits.max_depth:
+            assert episode.tree.steps() == [*steps, f"#### {answer}"]
+            assert episode.answer == answer
+    # With greedyFirstStep off, first steps are samples at the search temperature too: some differ.
+    sampled = search(models, limits.model_copy(update={"greedy_first_step": False}), problems, list(range(6)),
+                     greedy_actions=True)
+    assert any(e.tree.steps()[:1] != split_solution(text, models.separator)[0][:1]
+               for e, [text] in zip(sampled, greedy))
+
+
 def test_the_search_uses_the_batch_and_cache_the_planner_fitted(plan_file):
     import dataclasses
 

@@ -4,9 +4,10 @@ A hub Instruct model arrives knowing arithmetic and able to solve some of the ta
 (Qwen2.5-3B-Instruct solves most of GSM8K); a randomly initialised one knows nothing. So the
 embedded model is built in two phases: a plain language model on arithmetic facts ("13 + 2 = 15",
 no questions), then the worked problems of a split of its own ("pretrain", never the test
-split's compositions), in the chat format. It ends uncertain on held-out problems (about half
-right, its samples spread over right and wrong answers), which leaves select, sft and RL room to
-improve it, as they would a hub model. Built once per run (deterministically) and kept in
+split's compositions), in the chat format. It is meant to end uncertain on held-out problems (about
+half right), which leaves select, sft and RL room to improve it, as they would a hub model. Whether it
+does depends on floating-point rounding: the same seeds gave 43% on one machine and 94% on another,
+and 37% against 94% on one machine built with 2 threads against 1 (bench/RESULTS.md). Built once per run (deterministically) and kept in
 ``<outputDir>/models/base``.
 """
 

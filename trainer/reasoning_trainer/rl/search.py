@@ -186,7 +186,10 @@ def _grow(models: SearchModels, pgts: PgtsSpec, episodes: list[Episode], request
     separator = models.separator
     prefixes = [_prefix(models, episodes[i].tree, parent) for i, parent in requests]
     paths = [_path_kv(episodes[i], parent) for i, parent in requests] if pgts.cache_kv else None
-    texts, tokens = _generate_steps(models, prefixes, paths, [rngs[i] for i, _ in requests], pgts.temperature)
+    # A node's first step is the generator's most likely one; further steps under it are samples.
+    sampled = [not (pgts.greedy_first_step and episodes[i].tree.is_leaf(parent)) for i, parent in requests]
+    texts, tokens = _generate_steps(models, prefixes, paths, [rngs[i] for i, _ in requests], pgts.temperature,
+                                    sampled)
     made = [(i, parent, text, step, prefix, paths[row] if paths else None)
             for row, ((i, parent), text, step, prefix) in enumerate(zip(requests, texts, tokens, prefixes)) if text]
     for (i, _), text, step in zip(requests, texts, tokens):
@@ -315,15 +318,17 @@ def _continue(model, paths: list[KeysValues] | None, sequences: list[list[int]],
 
 @torch.no_grad()
 def _generate_steps(models: SearchModels, prefixes: list[list[int]], paths: list[KeysValues] | None,
-                    rngs: list[torch.Generator], temperature: float) -> tuple[list[str], list[list[int]]]:
+                    rngs: list[torch.Generator], temperature: float,
+                    sampled: list[bool]) -> tuple[list[str], list[list[int]]]:
     """One reasoning step per prefix: its text without the separator ("" when none) and the tokens
-    drawn for it, up to and including the separator or end of turn. With the prefixes' cached
-    ``paths``, only each prefix's last token is run again (to get the next token's scores)."""
+    drawn for it, up to and including the separator or end of turn; a row not ``sampled`` is decoded
+    greedily. With the prefixes' cached ``paths``, only each prefix's last token is run again (to get
+    the next token's scores)."""
     tokenizer, model = models.tokenizer, models.generator
     device = next(model.parameters()).device
     ids, mask = left_padded(prefixes, tokenizer.pad_token_id)
     stop = _StepEnd(tokenizer, models.separator, ids.shape[1])
-    sampler = _RowSampler(rngs, temperature, stop)
+    sampler = _RowSampler(rngs, temperature, stop, sampled)
     cache = None
     if paths:
         # Left-padded to one token less than the ids: the cache ends where each row's last token begins.
@@ -381,14 +386,15 @@ class _StepEnd(StoppingCriteria):
 
 class _RowSampler(LogitsProcessor):
     """Temperature sampling by Gumbel-max with each row's own generator, drawn only while the row
-    is unfinished (then greedy decoding of the perturbed scores is a sample)."""
+    is unfinished (then greedy decoding of the perturbed scores is a sample); rows not ``sampled``
+    draw nothing and stay greedy."""
 
-    def __init__(self, rngs: list[torch.Generator], temperature: float, stop: _StepEnd):
-        self.rngs, self.temperature, self.stop = rngs, temperature, stop
+    def __init__(self, rngs: list[torch.Generator], temperature: float, stop: _StepEnd, sampled: list[bool]):
+        self.rngs, self.temperature, self.stop, self.sampled = rngs, temperature, stop, sampled
 
     def __call__(self, input_ids, scores):
         scores = scores.float() / self.temperature
         for row, rng in enumerate(self.rngs):
-            if row not in self.stop.finished:
+            if self.sampled[row] and row not in self.stop.finished:
                 scores[row] = torch.log_softmax(scores[row], -1) + _gumbel(scores.shape[-1], rng).to(scores.device)
         return scores

@@ -83,6 +83,9 @@ class Tree:
     def backtrack(self) -> None:
         self.current = self.nodes[self.current].parent
 
+    def is_leaf(self, index: int) -> bool:
+        return all(node.parent != index for node in self.nodes)
+
     def leaves(self) -> list[int]:
         parents = {node.parent for node in self.nodes}
         return [i for i in range(1, len(self.nodes)) if i not in parents]

@@ -169,6 +169,13 @@ class PgtsSpec(SpecModel):
     max_depth: int = Field(12, ge=1, le=256, description="Deepest reasoning path.")
     max_nodes: int = Field(60, ge=2, le=10000, description="Most nodes in one problem's tree.")
     temperature: float = Field(0.8, gt=0.0, le=5.0, description="Generator temperature during search.")
+    greedy_first_step: bool = Field(
+        True,
+        description="The first step under a node is the generator's most likely one (greedy decoding); every "
+                    "further step there (branch, or expand after a backtrack) is sampled at temperature. A policy "
+                    "that only expands then reproduces greedy decoding, and search can only add alternatives to it; "
+                    "false samples every step.",
+    )
     search_batch: int = Field(
         4, ge=1, le=4096,
         description="Most problems searched at once (batched generation and PRM scoring across trees); "
