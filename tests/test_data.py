@@ -63,7 +63,11 @@ def test_embedded_problems_are_deterministic_correct_and_held_out():
     assert not compositions & {p.meta["composition"] for p in test}
     assert not {p.steps for p in embedded.problems(2000, seed=3)} & {p.steps for p in test}
     assert {len(p.steps) for p in test} == {2, 3, 4}
-    for problem in train + test:
+    # The dev split (what the embedded base's pretraining stops on) shares nothing with test or train.
+    dev = embedded.problems(300, seed=1, split="dev")
+    assert not {p.meta["composition"] for p in dev} & ({p.meta["composition"] for p in test} | compositions)
+    assert not {p.steps for p in dev} & {p.steps for p in embedded.problems(500, seed=4, split="test")}
+    for problem in train + test + dev:
         value = None
         for step in problem.steps:
             left, op, right, _, result = step.split()

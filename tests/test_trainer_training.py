@@ -26,6 +26,30 @@ def losses(result, role):
     return [point["loss"] for point in result["history"] if point.get("role") == role and "loss" in point]
 
 
+def test_the_embedded_base_is_uncertain_on_held_out_problems_whatever_the_rounding(plan_file):
+    # Run to the end, the base solved 94% of held-out problems on one machine (nothing left for search,
+    # selection or RL to win) and 31-43% on others; pretraining now stops at the dev split's target.
+    from reasoning_trainer.data import embedded
+    from reasoning_trainer.data.problems import split_solution
+    from reasoning_trainer.generation import solve
+
+    job = load_job(plan_file())
+    generator, tokenizer = models.load_generator(job, "sft"), models.load_tokenizer(job)
+    problems = embedded.problems(200, seed=1, split="test")
+    questions = [problem.question for problem in problems]
+    greedy = solve(generator, tokenizer, questions, 1, 48, 96, 0.0, 1.0, 64)
+    torch.manual_seed(0)
+    sampled = solve(generator, tokenizer, questions, 4, 48, 96, 0.8, 0.95, 64)
+
+    def right(problem, text):
+        return problem.solved_by(split_solution(text, job.spec.step_separator)[1])
+
+    pass_at_1 = sum(right(p, texts[0]) for p, texts in zip(problems, greedy)) / len(problems)
+    pass_at_4 = sum(any(right(p, text) for text in texts) for p, texts in zip(problems, sampled)) / len(problems)
+    assert 0.5 <= pass_at_1 <= 0.85
+    assert pass_at_4 >= pass_at_1 + 0.05, "its mistakes should be uncertain ones that sampling can avoid"
+
+
 def test_sft_loss_falls_and_held_out_accuracy_rises(plan_file):
     path = plan_file({**GENERATOR_ONLY, "data": {"train": {"size": 1500}, "eval": [
         {"name": "arithmetic", "split": "test", "size": 200, "seed": 1}]},
@@ -34,8 +58,8 @@ def test_sft_loss_falls_and_held_out_accuracy_rises(plan_file):
     result = results(path, "sft")
     curve = losses(result, "generator")
     assert curve[-1] < curve[0] / 2
-    # From a base that solves about 43% (it knows the task a little, as a hub Instruct model does), the
-    # reference solutions take it to about 79% (2026-12-01).
+    # From a base that knows the task partly, as a hub Instruct model does (pretraining stops at half of
+    # the dev split, pretrain.py), the reference solutions add more than 20 points.
     assert result["metrics"]["held_out_accuracy_after"] > result["metrics"]["held_out_accuracy_before"] + 0.2
     assert result["checkpoint"].endswith("models/generator")
     # FLOPs: about 6 per weight per trained token (full fine-tuning), and every point of the loss

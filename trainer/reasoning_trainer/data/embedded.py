@@ -4,9 +4,11 @@ A problem chains one to four additions and subtractions (operands 1-5, counts wi
 equation per step. The splits are honest on two counts. A problem's composition is its sequence of
 actions (finds, sells, gives away, ...), and one composition of two or more steps in four is held
 out; so is one step chain (the sequence of equations) in four, since two compositions can give the
-same equations (finds and buys both add). Test problems have both held out, train problems (and
-every other split) neither: no test problem repeats a training problem's composition or step chain.
-Test problems take two to four steps. Holding out operation sequences (+ - -) instead was measured:
+same equations (finds and buys both add). The held-out ones are halved between two splits: ``test``
+(what eval scores) and ``dev`` (what the embedded base's pretraining stops on, pretrain.py). A
+test or dev problem has both its composition and its chain held out for that split, train problems
+(and every other split) neither: no test problem repeats a composition or step chain of training or
+of dev. Test and dev problems take two to four steps. Holding out operation sequences (+ - -) instead was measured:
 the model then fails the unseen patterns the same way every time. Held-out chain lengths or number ranges were tried and rejected: a tiny
 model then fails them the same way every time (pass@4 equal to pass@1), which leaves search,
 selection and RL nothing to win; the held-out compositions at these lengths leave it uncertain
@@ -35,32 +37,43 @@ ACTIONS = (
 MAX_VALUE, MAX_OPERAND = 15, 5
 TRAIN_STEPS, TEST_STEPS = (1, 2, 3, 4), (2, 3, 4)
 HELD_OUT_ONE_IN = 4
+HELD_OUT_SPLITS = ("test", "dev")
 
 
 def problems(size: int, seed: int, split: str = "train") -> list[Problem]:
-    """``size`` problems; the same (seed, split) always gives the same problems. Test problems use
-    only held-out compositions, train problems (and every other split) never."""
+    """``size`` problems; the same (seed, split) always gives the same problems. Test and dev problems
+    use only their own held-out compositions and step chains, train problems (and every other split)
+    none."""
     rng = random.Random(seed * 7919 + zlib.crc32(split.encode()))
-    lengths = TEST_STEPS if split == "test" else TRAIN_STEPS
+    wanted = split if split in HELD_OUT_SPLITS else "train"
+    lengths = TEST_STEPS if wanted in HELD_OUT_SPLITS else TRAIN_STEPS
     made, seen = [], set()
     while len(made) < size:
         problem = _problem(rng, lengths)
-        held = held_out(problem.meta["composition"]), _held_out_chain(problem.steps)
-        if held != (split == "test",) * 2 or problem.question in seen:
+        if split_of(problem) != wanted or problem.question in seen:
             continue
         seen.add(problem.question)
         made.append(problem)
     return made
 
 
-def held_out(composition: tuple[str, ...]) -> bool:
-    """Whether a sequence of actions is kept for the test split (a stable hash: one in four of those
-    with two or more steps)."""
-    return len(composition) > 1 and zlib.crc32("|".join(composition).encode()) % HELD_OUT_ONE_IN == 0
+def split_of(problem: Problem) -> str | None:
+    """``test`` or ``dev`` when the problem's composition and step chain are both held out for that
+    split, ``train`` when neither is held out; None (in no split) otherwise."""
+    composition = _held_out_for("|".join(problem.meta["composition"]), len(problem.steps))
+    chain = _held_out_for("chain:" + "|".join(problem.steps), len(problem.steps))
+    if composition is None and chain is None:
+        return "train"
+    return composition if composition == chain else None
 
 
-def _held_out_chain(steps: tuple[str, ...]) -> bool:
-    return len(steps) > 1 and zlib.crc32(("chain:" + "|".join(steps)).encode()) % HELD_OUT_ONE_IN == 0
+def _held_out_for(key: str, steps: int) -> str | None:
+    """The held-out split a composition or chain is kept for (a stable hash: one in four of those with
+    two or more steps, halved between test and dev by the hash's next bit), or None."""
+    code = zlib.crc32(key.encode())
+    if steps < 2 or code % HELD_OUT_ONE_IN:
+        return None
+    return HELD_OUT_SPLITS[code // HELD_OUT_ONE_IN % len(HELD_OUT_SPLITS)]
 
 
 def _problem(rng: random.Random, lengths: tuple[int, ...]) -> Problem:
