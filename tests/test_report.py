@@ -55,6 +55,22 @@ def full_results(scale: float = 1.0) -> dict[str, dict]:
     }
 
 
+def test_a_model_trained_twice_in_a_stage_gets_two_loss_curves_and_parallelism_no_accuracy_line(tmp_path):
+    from reasoning_trainer.report import loss_curves
+
+    sft = full_results()["sft"]
+    twice = [point for point in sft["history"] if "loss" in point]
+    results = {"sft": {**sft, "history": twice + twice[:4]}}
+    assert [len(curve) for curve in loss_curves(results)["sft: generator"]] == [10, 4]
+    rl = {"durationSeconds": 1.0, "accuracy": None, "metrics": {}, "peakMemoryBytes": {"cpu": 2**29}, "history": [
+        {"step": step, "benchmark": "arithmetic", "metric": metric, "accuracy": value}
+        for step in (0, 8) for metric, value in (("pgts", 0.7), ("parallelism", 14.0))]}
+    page = write_report("demo", {"rl": rl}, tmp_path / "report.html").read_text()
+    assert "Accuracy during training" in page
+    parallelism_only = {"rl": {**rl, "history": [p for p in rl["history"] if p["metric"] == "parallelism"]}}
+    assert "Accuracy during training" not in write_report("demo", parallelism_only, tmp_path / "p.html").read_text()
+
+
 FIGURES = ("Held-out accuracy during RL", "Memory and step time against FLOPs",
            "SFT on the selected subset against the whole pool", "Rollout accuracy against RL FLOPs")
 

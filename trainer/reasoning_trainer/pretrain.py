@@ -3,8 +3,8 @@
 A hub Instruct model arrives knowing arithmetic and able to solve some of the task already
 (Qwen2.5-3B-Instruct solves most of GSM8K); a randomly initialised one knows nothing. So the
 embedded model is built in two phases: a plain language model on arithmetic facts ("13 + 2 = 15",
-no questions), then the worked problems of a split of its own ("pretrain", never the test
-split's compositions), in the chat format. It is meant to end uncertain on held-out problems,
+no questions), then the worked problems of a split of its own ("pretrain", never a held-out
+composition), in the chat format. It is meant to end uncertain on held-out problems,
 which leaves select, sft and RL room to improve it, as they would a hub model.
 
 Whether a model this small learns to read each sentence's verb on unseen compositions flips with
@@ -12,10 +12,10 @@ floating-point rounding: run to the end, the same seeds gave 43% of held-out pro
 machine and 94% on another, 37% against 94% on one machine with 2 threads against 1
 (bench/RESULTS.md). So the worked problems stop once greedy accuracy on the dev split (held-out
 compositions of its own, never the test split's) reaches DEV_TARGET, checked every CHECK_EVERY
-batches after the first epoch, and their learning-rate schedule spans WORKED_EPOCHS = 10 epochs. With
-the schedule over 5 epochs, a run that had not generalised by then never did (31% on the test split);
-over 10, both thread counts reached the dev target in under 5 epochs and gave 66% and 68% on the
-test split (pass@4 79% and 86%).
+batches after the first epoch, and their learning-rate schedule spans WORKED_EPOCHS = 10 epochs.
+With the schedule over 5 epochs, a run that had not generalised by then never did (31% on the test
+split); over 10, both thread counts reached the dev target in under 5 epochs and gave 66% and 68%
+on the test split (pass@4 79% and 86%).
 
 Built once per run (deterministically on one machine) and kept in ``<outputDir>/models/base``.
 """

@@ -154,24 +154,39 @@ def _intervals_table(results: dict[str, dict]) -> str:
     return head + "".join(rows) + "</table>"
 
 
-def _loss_chart(results) -> Chart | None:
-    """One panel per stage and model: PRM, SFT and PPO losses live on different scales."""
-    series = {}
+def loss_curves(results) -> dict[str, list[list[tuple[int, float]]]]:
+    """Per stage and model, its loss curves: a new curve starts where the step count starts over (sft
+    trains the selection, then a copy on the whole pool, under one role)."""
+    series: dict[str, list[list[tuple[int, float]]]] = {}
     for stage, result in results.items():
         for point in result.get("history", []):
             if "loss" in point:
-                series.setdefault(f"{stage}: {point['role']}", []).append((point["step"], point["loss"]))
+                curves = series.setdefault(f"{stage}: {point['role']}", [[]])
+                if curves[-1] and point["step"] <= curves[-1][-1][0]:
+                    curves.append([])
+                curves[-1].append((point["step"], point["loss"]))
+    return series
+
+
+def _loss_chart(results) -> Chart | None:
+    """One panel per stage and model: PRM, SFT and PPO losses live on different scales."""
+    series = loss_curves(results)
     if not series:
         return None
     figure, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.2), squeeze=False)
-    for ax, (label, points) in zip(axes[0], series.items()):
-        ax.plot(*zip(*points), color="tab:red")
+    for ax, (label, curves) in zip(axes[0], series.items()):
+        for number, points in enumerate(curves, 1):
+            ax.plot(*zip(*points), label=f"training {number}" if len(curves) > 1 else None)
+        if len(curves) > 1:
+            ax.legend()
         ax.set_title(label)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss")
-    return Chart("Training loss", "One panel per stage and trained model, each on its own scale. A curve that "
-                                  "falls and flattens has converged; one still falling at the end has room for "
-                                  "more epochs; a rise means the learning rate is too high.", _png(figure))
+    return Chart("Training loss", "One panel per stage and trained model, each on its own scale; a stage that "
+                                  "trains a model twice draws two curves (sft: the selection, then the whole "
+                                  "pool). A curve that falls and flattens has converged; one still falling at the "
+                                  "end has room for more epochs; a rise means the learning rate is too high.",
+                 _png(figure))
 
 
 def _accuracy_chart(results) -> Chart | None:
@@ -192,11 +207,12 @@ def _accuracy_chart(results) -> Chart | None:
 
 
 def _curves_chart(results, quantity: str) -> Chart | None:
-    """Accuracy (or reward) against the training step, where a stage logged it more than once."""
+    """Accuracy (or reward) against the training step, where a stage logged it more than once. Search
+    parallelism, recorded beside accuracy, has its own chart and scale."""
     curves = {}
     for stage, result in results.items():
         for point in result.get("history", []):
-            if point.get("step") is None or quantity not in point:
+            if point.get("step") is None or quantity not in point or point.get("metric") == "parallelism":
                 continue
             label = f"{stage} {point.get('benchmark', '')} {point.get('metric', point.get('role', ''))}".strip()
             curves.setdefault(label, []).append((point["step"], point[quantity]))
