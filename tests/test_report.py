@@ -97,3 +97,26 @@ def test_every_chart_of_a_report_and_of_a_comparison_renders_in_a_browser(tmp_pa
     assert all(width > 100 and height > 100 for _, width, height in drawn), drawn
     assert {"Held-out accuracy during RL", "SFT on the selected subset against the whole pool"} <= {
         alt for alt, _, _ in drawn}
+
+
+def test_the_report_says_in_words_which_claims_the_run_does_not_bear_out_first(tmp_path):
+    results = full_results()
+    results["select"]["metrics"].update(prm_step_auroc=0.48, prm_position_baseline_step_auroc=0.71)
+    results["rl"]["details"]["algorithm"] = "grpo"
+    results["rl"]["metrics"].update(held_out_accuracy_before=0.55, held_out_accuracy_after=0.62)
+    results["eval"]["details"]["gsm8k"].update({"rm@k": 0.58, "majority@k": 0.57, "pgts": 0.66})
+    page = write_report("demo", results, tmp_path / "report.html").read_text()
+    shown = page[page.index("<h2>What this run shows</h2>"):page.index("</ul>")]
+    lines = shown.split("<li>")[1:]
+    missed = [line for line in lines if "not borne out" in line]
+    assert lines[:len(missed)] == missed, "claims the run does not bear out come first"
+    assert any("no better than their position alone: step AUROC 0.480 against 0.710" in line and
+               "0.5 is chance" in line for line in missed)
+    assert any("gsm8k: rm@k 58.0% against pass@1 60.0% and majority@k 57.0%" in line for line in missed)
+    held = [line for line in lines if line not in missed]
+    assert any("gsm8k: pgts 66.0% against pass@1 60.0%" in line for line in held)
+    assert any("GRPO moves held-out pass@1 from 55.0% to 62.0%" in line for line in held)
+    assert any("reaches 55.0% held-out in 10 s; on the whole pool (1000 traces), 50.0% in 40 s (0.25x" in line
+               for line in held)
+    bare = {stage: {**result, "metrics": {}, "details": {}} for stage, result in full_results().items()}
+    assert "What this run shows" not in write_report("demo", bare, tmp_path / "bare.html").read_text()

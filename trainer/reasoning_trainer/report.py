@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from .findings import findings  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Chart:
@@ -36,7 +38,8 @@ def write_report(run: str, results: dict[str, dict], target: Path) -> Path:
         _time_chart(results), _memory_chart(results),
         _histogram_chart(results.get("select")),
     ) if chart is not None]
-    body = [f"<h1>Run {html.escape(run)}</h1>", _results_table(results), _intervals_table(results)]
+    body = [f"<h1>Run {html.escape(run)}</h1>", _findings_list(results), _results_table(results),
+            _intervals_table(results)]
     body += [chart.html() for chart in charts]
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("<!doctype html><meta charset=utf-8><title>reasoning-operator run "
@@ -123,6 +126,16 @@ def _run_lines(runs, quantity: str, title: str, caption: str) -> Chart | None:
         ax.set_ylabel(quantity)
         ax.legend()
     return Chart(title, caption, _png(figure))
+
+
+def _findings_list(results: dict[str, dict]) -> str:
+    """The research's claims this run bears out and those it does not, the latter first."""
+    found = findings(results)
+    if not found:
+        return ""
+    items = "".join(f"<li>{'&#10003;' if finding.holds else '<b>&#10007; not borne out:</b>'} "
+                    f"{html.escape(finding.text)}</li>" for finding in found)
+    return f"<h2>What this run shows</h2><ul>{items}</ul>"
 
 
 def _results_table(results: dict[str, dict]) -> str:
