@@ -77,6 +77,18 @@ def test_select_samples_the_pool_trains_the_prm_then_keeps_the_top_scored_half(p
         assert by_trace[(trace.problem.question, trace.steps, trace.answer)] >= best[trace.problem.question] - 1e-5
 
 
+def test_select_run_again_after_saving_its_prm_trains_it_from_the_spec_model_not_the_saved_one(plan_file):
+    path = plan_file()
+    assert train.main("select", str(path), metrics_port=0) == 0
+    first = results(path, "select")["details"]["reward_model"]
+    # The pod died after saving the PRM and before writing its results: the retry runs select again.
+    (path.parent / "select" / "results.json").unlink()
+    assert train.main("select", str(path), metrics_port=0) == 0
+    again = results(path, "select")["details"]["reward_model"]
+    assert again["before"] == pytest.approx(first["before"]), "the retry trained the saved PRM further"
+    assert again["after"] == pytest.approx(first["after"], abs=1e-3)
+
+
 def test_eval_numbers_match_a_hand_checked_case(plan_file, monkeypatch):
     job = load_job(plan_file({"stages": {"eval": {"methods": ["pass@1", "rm@k", "majority@k"], "k": 3}}}))
     problems = embedded.problems(2, seed=9, split="test")

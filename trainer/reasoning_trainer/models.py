@@ -69,15 +69,16 @@ def load_generator(job: StageJob, stage: str, trainable: bool = False, fresh: bo
     return _load(job, stage, "generator", AutoModelForCausalLM, trainable, {}, fresh)
 
 
-def load_reward_model(job: StageJob, stage: str, trainable: bool = False):
+def load_reward_model(job: StageJob, stage: str, trainable: bool = False, fresh: bool = False):
     """The PRM: the base model with a two-way step classification head (token classification), or a
-    published PRM as it is (stepToken), wrapped so that prm.score encodes steps the way it was trained."""
+    published PRM as it is (stepToken), wrapped so that prm.score encodes steps the way it was trained;
+    ``fresh``: the spec's model, not the run's trained copy."""
     spec = job.spec.models.reward_model
     if spec.step_token:
-        return PublishedPrm(_load(job, stage, "rewardModel", _published_class(job), False, {}), load_tokenizer(
-            job, "rewardModel"), spec.step_token, spec.system_prompt)
+        return PublishedPrm(_load(job, stage, "rewardModel", _published_class(job), False, {}, fresh),
+                            load_tokenizer(job, "rewardModel"), spec.step_token, spec.system_prompt)
     extra = {"num_labels": STEP_LABELS, "classifier_dropout": spec.dropout}
-    return _load(job, stage, "rewardModel", AutoModelForTokenClassification, trainable, extra)
+    return _load(job, stage, "rewardModel", AutoModelForTokenClassification, trainable, extra, fresh)
 
 
 class PublishedPrm(torch.nn.Module):

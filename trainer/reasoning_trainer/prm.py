@@ -137,7 +137,9 @@ def train_reward_model(job: StageJob, stage: str, metrics: StageMetrics, stop: S
     labelled_at = progress_span[0] + LABELLING_SHARE * (progress_span[1] - progress_span[0])
     metrics.progress(labelled_at)
     tokenizer = models.load_tokenizer(job, "rewardModel")
-    model = models.load_reward_model(job, stage, trainable=True)
+    # From the spec's model even when an earlier attempt saved a trained PRM (a select pod that died
+    # after saving it, before its results): training that copy again would not be this run's PRM.
+    model = models.load_reward_model(job, stage, trainable=True, fresh=True)
     validation = labelled.validation
     baseline = position_baseline([labelled_steps(t)[1] for t in labelled.train],
                                  [labelled_steps(t)[1] for t in validation])
