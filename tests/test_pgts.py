@@ -44,6 +44,43 @@ def test_ppo_loss_clips_the_ratio_and_weighs_value_and_entropy():
     assert loss.total.item() == pytest.approx(1.04)
 
 
+def test_the_value_head_learns_returns_in_units_of_the_outcome_reward():
+    """In reward units (a right answer pays 10) the value loss swamped the policy's gradient under the
+    shared gradient-norm clip, and the trained policy ignored the PRM's score."""
+    from types import SimpleNamespace
+
+    from reasoning_trainer.data.problems import Problem
+    from reasoning_trainer.rl.search import Decision, Episode
+    from reasoning_trainer.schema.models import PolicyNetworkSpec
+    from reasoning_trainer.schema.stages import RlSpec
+
+    rl = RlSpec.model_validate({"algorithm": "pgts", "batchSize": 1, "ppo": {"epochs": 1}})
+    policy = TreePolicy(FEATURE.shape[0], PolicyNetworkSpec(hiddenSize=16, layers=1, heads=2))
+    torch.nn.init.zeros_(policy.value_head[-1].weight)
+    torch.nn.init.zeros_(policy.value_head[-1].bias)  # the head predicts 0 everywhere
+    t = tree()
+    at_root = t.state()
+    t.add_step(0, "#### 4", 0.9, FEATURE)
+    # Expand (cost 0.1), then terminate at the right answer (+10); both recorded values 0.
+    decisions = [Decision(at_root, EXPAND, 0.0, 0.0, -0.1), Decision(t.state(), TERMINATE, 0.0, 0.0, 10.0)]
+    episode = Episode(Problem("q", "4"), t, decisions)
+    job = SimpleNamespace(spec=SimpleNamespace(stages=SimpleNamespace(rl=rl)))
+    losses = pgts.update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), [episode], job)
+    # GAE (gamma 0.99, lambda 0.95): returns 10 and -0.1 + 0.99 x 0.95 x 10 = 9.305, over the outcome
+    # scale 10: the value loss is the mean of 1.0^2 and 0.9305^2 over the two one-decision minibatches.
+    assert rl.pgts.rewards.outcome_scale == 10.0
+    assert losses["value_loss"] == pytest.approx((1.0 + 0.9305 ** 2) / 2, rel=1e-4)
+
+
+def test_the_policy_learning_rate_warms_up_then_decays_to_zero_as_sft_does():
+    from reasoning_trainer.schema.stages import RlSpec
+
+    flat = RlSpec.model_validate({"iterations": 4, "learningRate": 1e-3})
+    assert [pgts.learning_rate(flat, i) for i in range(4)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    warm = flat.model_copy(update={"warmup_ratio": 0.5})
+    assert [pgts.learning_rate(warm, i) for i in range(4)] == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4])
+
+
 def tree(max_depth=3, max_nodes=6) -> Tree:
     return Tree.start("q", FEATURE, max_depth, max_nodes)
 

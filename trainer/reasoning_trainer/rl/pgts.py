@@ -6,7 +6,8 @@ Per iteration: problemsPerIteration problems -> batched tree search (search.py),
 rewarded with minus its cost, the PRM's potential-based shaping (a difference of step scores, so
 growing the tree does not pay), the invalid-action penalty when an expansion produced nothing and,
 on the last action, +correct / wrong for the answer of the step it stopped at -> GAE (gamma, lambda) -> ppo.epochs epochs of clipped PPO over minibatches of batchSize
-trajectories. The search's accuracy on held-out problems of each benchmark is measured before, every
+trajectories, the value head fitting returns in units of the outcome reward, at a learning rate that
+warms up and decays linearly to zero over the iterations. The search's accuracy on held-out problems of each benchmark is measured before, every
 evalEvery iterations and after training (rl/held_out.py).
 """
 
@@ -21,7 +22,7 @@ from ..checkpoints import StopRequest, atomic_dir, is_complete
 from ..data.sources import load_problems
 from ..job import StageJob
 from ..metrics import StageMetrics
-from ..schema.stages import PgtsSpec
+from ..schema.stages import PgtsSpec, RlSpec
 from ..stage_result import StageResult
 from ..training import StageInterrupted
 from .policy import TreePolicy, encode
@@ -51,6 +52,8 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         batch = [problems[rng.randrange(len(problems))] for _ in range(rl.problems_per_iteration)]
         seeds = [iteration * 1_000_033 + number for number in range(len(batch))]
         episodes, found = timed_search(searcher, planned_limits(job), batch, seeds, gamma=rl.ppo.gamma)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(rl, iteration)
         losses = update(policy, optimizer, episodes, job)
         record = {
             "iteration": iteration + 1, "accuracy": sum(e.correct for e in episodes) / len(episodes),
@@ -62,7 +65,7 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         _count_flops(metrics, shapes, record)
         record["flops"] = metrics.flops_total
         history.append(record)
-        _export(metrics, record, found, rl.learning_rate, rl.iterations)
+        _export(metrics, record, found, learning_rate(rl, iteration), rl.iterations)
         if held_out.due(job, iteration + 1):
             held_out.record(metrics, iteration + 1, search_scores(searcher, job, held_out))
         last = iteration + 1 == rl.iterations
@@ -75,6 +78,17 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
     with atomic_dir(job.paths.model("policy")) as staging:
         policy.save(staging)
     return _result(job, history, held_out, start)
+
+
+def learning_rate(rl: RlSpec, iteration: int) -> float:
+    """The policy's learning rate for ``iteration`` (0-based), the schedule SFT trains with: linear
+    warm-up over warmupRatio of the iterations, then linear decay to zero. At a constant rate the
+    policy that had learned to branch where the PRM doubts a step drifted in the last iterations,
+    to branching everywhere on some seeds (bench/RESULTS.md)."""
+    warmup = int(rl.warmup_ratio * rl.iterations)
+    if iteration < warmup:
+        return rl.learning_rate * (iteration + 1) / warmup
+    return rl.learning_rate * (rl.iterations - iteration) / (rl.iterations - warmup)
 
 
 def search_models(job: StageJob, stage: str, policy: TreePolicy | None) -> SearchModels:
@@ -119,6 +133,10 @@ def update(policy: TreePolicy, optimizer, episodes: list[Episode], job: StageJob
         advantages, returns = gae([d.reward for d in episode.decisions], [d.value for d in episode.decisions],
                                   ppo.gamma, ppo.gae_lambda)
         trajectories.append([(episode.tree, d, a, r) for d, a, r in zip(episode.decisions, advantages, returns)])
+    # The value head learns returns in units of the outcome reward. In reward units (an outcome of
+    # 10) its squared error is ~30 and, through the shared layers and the one gradient-norm clip,
+    # shrinks the policy's gradient until the policy never learns to read the PRM's score.
+    scale = rl.pgts.rewards.outcome_scale
     flat = torch.tensor([a for trajectory in trajectories for _, _, a, _ in trajectory])
     mean, std = flat.mean(), flat.std() if len(flat) > 1 else torch.tensor(1.0)
     device = next(policy.parameters()).device
@@ -143,7 +161,7 @@ def update(policy: TreePolicy, optimizer, episodes: list[Episode], job: StageJob
                 logps.gather(-1, actions.unsqueeze(-1)).squeeze(-1),
                 torch.tensor([decision.logprob for _, decision, _, _ in items], device=device),
                 ((torch.tensor([a for _, _, a, _ in items]) - mean) / (std + 1e-8)).to(device),
-                values, torch.tensor([r for _, _, _, r in items], device=device), entropy,
+                values, torch.tensor([r / scale for _, _, _, r in items], device=device), entropy,
                 ppo.clip, ppo.value_coef, ppo.entropy_coef)
             optimizer.zero_grad()
             loss.total.backward()
@@ -167,10 +185,10 @@ def _count_flops(metrics: StageMetrics, shapes: dict[str, flops.Shape], record: 
         metrics.flops(role, flops.forward(shape, tokens, context))
 
 
-def _export(metrics: StageMetrics, record: dict, found, learning_rate: float, iterations: int) -> None:
+def _export(metrics: StageMetrics, record: dict, found, rate: float, iterations: int) -> None:
     step = record["iteration"]
     metrics.step("policy", found.seconds, record["tokens"], step)
-    metrics.loss("policy", step, record["loss"], learning_rate)
+    metrics.loss("policy", step, record["loss"], rate)
     metrics.reward("policy", record["reward"], step)
     metrics.accuracy("rollouts", "train", record["accuracy"], step=step)
     metrics.search(record["parallelism"], record["nodes_per_problem"], record["tokens_per_problem"])

@@ -3,7 +3,8 @@
 Nodes carry the generator's hidden state at their step's last token plus (PRM score, depth,
 is-current, has-answer); edges (parent <-> child) carry the child's PRM score and depth. Each
 layer mixes local message passing along tree edges with global attention over all nodes. The
-current node's embedding and the tree's mean embedding give four action logits and a value.
+current node's embedding, the tree's mean embedding and the current node's own (score, depth,
+is-current, has-answer) give four action logits and a value.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ class TreePolicy(nn.Module):
         self.layers = nn.ModuleList(GraphTransformerLayer(width, spec.heads, spec.dropout, spec.activation)
                                     for _ in range(spec.layers))
         self.norm = nn.LayerNorm(width)
-        self.policy_head = nn.Sequential(nn.Linear(2 * width, width), ACTIVATIONS[spec.activation](),
+        heads_input = 2 * width + NODE_EXTRAS
+        self.policy_head = nn.Sequential(nn.Linear(heads_input, width), ACTIVATIONS[spec.activation](),
                                          nn.Linear(width, 4))
-        self.value_head = nn.Sequential(nn.Linear(2 * width, width), ACTIVATIONS[spec.activation](),
+        self.value_head = nn.Sequential(nn.Linear(heads_input, width), ACTIVATIONS[spec.activation](),
                                         nn.Linear(width, 1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +72,14 @@ class TreePolicy(nn.Module):
         for layer in self.layers:
             h = layer(h, batch["adjacency"], batch["edge_sums"], batch["node_mask"])
         h = self.norm(h)
-        current = h[torch.arange(h.shape[0]), batch["current"]]
+        rows = torch.arange(h.shape[0])
+        current = h[rows, batch["current"]]
         weights = batch["node_mask"].unsqueeze(-1).float()
         pooled = (h * weights).sum(1) / weights.sum(1)
-        z = torch.cat([current, pooled], dim=-1)
+        # The current step's PRM score and whether it states an answer also go to the heads as they
+        # are: mixed into the generator's hidden state by the layers alone, a policy trained for 24
+        # iterations expanded with the same probability at any score (bench/RESULTS.md).
+        z = torch.cat([current, pooled, batch["extras"][rows, batch["current"]]], dim=-1)
         logits = self.policy_head(z).masked_fill(~batch["action_mask"], float("-inf"))
         return logits, self.value_head(z).squeeze(-1)
 

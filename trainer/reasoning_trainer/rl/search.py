@@ -122,7 +122,8 @@ def search(models: SearchModels, pgts: PgtsSpec, problems: list[Problem], seeds:
             episode, state = episodes[i], states[row]
             action = _choose(logits[row].float().cpu(), rngs[i], greedy_actions)
             logprob = torch.log_softmax(logits[row].float(), -1)[action].item()
-            decision = Decision(state, action, logprob, values[row].item(), -_cost(pgts, action))
+            value = values[row].item() * pgts.rewards.outcome_scale  # the head predicts in outcome units
+            decision = Decision(state, action, logprob, value, -_cost(pgts, action))
             episode.decisions.append(decision)
             if action == BACKTRACK:
                 episode.tree.backtrack()

@@ -162,6 +162,11 @@ class PgtsRewardsSpec(SpecModel):
     outcome_weight: float = Field(1.0, ge=0.0, description="Weight of the final (outcome) reward.")
     prm_weight: float = Field(1.0, ge=0.0, description="Weight of the PRM shaping.")
 
+    @property
+    def outcome_scale(self) -> float:
+        """The unit the policy's value head predicts returns in: the larger outcome reward."""
+        return max(abs(self.correct), abs(self.wrong)) * self.outcome_weight or 1.0
+
 
 class PgtsSpec(SpecModel):
     """Policy-guided tree search: expand / branch / backtrack / terminate over reasoning steps."""
