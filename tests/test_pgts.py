@@ -270,8 +270,10 @@ def test_the_rl_stage_trains_the_policy_resumes_and_eval_scores_pgts(plan_file):
     fresh = TreePolicy(saved.feature_size, job.spec.models.policy)
     assert any(not torch.equal(a, b) for a, b in zip(saved.state_dict().values(), fresh.state_dict().values()))
     assert train.main("eval", str(path), metrics_port=0) == 0
-    scores = json.loads(job.paths.results("eval").read_text())["metrics"]
-    assert {"arithmetic/pass@1", "arithmetic/pgts"} <= set(scores)
+    evaluation = json.loads(job.paths.results("eval").read_text())
+    assert {"arithmetic/pass@1", "arithmetic/pgts"} <= set(evaluation["metrics"])
+    cost = evaluation["details"]["arithmetic"]["cost"]  # what the search spends against greedy decoding
+    assert cost["greedyTokensPerProblem"] > 0 and cost["pgtsTokensPerProblem"] > 0 and cost["pgtsParallelism"] >= 1
 
 
 def test_edge_messages_equal_the_per_edge_sum_without_a_nodes_squared_by_width_tensor():

@@ -104,7 +104,8 @@ def test_the_report_says_in_words_which_claims_the_run_does_not_bear_out_first(t
     results["select"]["metrics"].update(prm_step_auroc=0.48, prm_position_baseline_step_auroc=0.71)
     results["rl"]["details"]["algorithm"] = "grpo"
     results["rl"]["metrics"].update(held_out_accuracy_before=0.55, held_out_accuracy_after=0.62)
-    results["eval"]["details"]["gsm8k"].update({"rm@k": 0.58, "majority@k": 0.57, "pgts": 0.66})
+    results["eval"]["details"]["gsm8k"].update({"rm@k": 0.58, "majority@k": 0.57, "pgts": 0.66, "cost": {
+        "greedyTokensPerProblem": 30.0, "pgtsTokensPerProblem": 45.0, "pgtsParallelism": 2.5}})
     page = write_report("demo", results, tmp_path / "report.html").read_text()
     shown = page[page.index("<h2>What this run shows</h2>"):page.index("</ul>")]
     lines = shown.split("<li>")[1:]
@@ -114,7 +115,9 @@ def test_the_report_says_in_words_which_claims_the_run_does_not_bear_out_first(t
                "0.5 is chance" in line for line in missed)
     assert any("gsm8k: rm@k 58.0% against pass@1 60.0% and majority@k 57.0%" in line for line in missed)
     held = [line for line in lines if line not in missed]
-    assert any("gsm8k: pgts 66.0% against pass@1 60.0%" in line for line in held)
+    assert any("gsm8k: pgts 66.0% against pass@1 60.0%" in line and
+               "at 1.50x the tokens of greedy decoding (45.0 per problem against 30.0), parallelism 2.50." in line
+               for line in held)
     assert any("GRPO moves held-out pass@1 from 55.0% to 62.0%" in line for line in held)
     assert any("reaches 55.0% held-out in 10 s; on the whole pool (1000 traces), 50.0% in 40 s (0.25x" in line
                for line in held)

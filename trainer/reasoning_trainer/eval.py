@@ -51,9 +51,11 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         problems = load_problems(benchmark, f"spec.data.eval[{number}]")
         started = time.monotonic()
         instruction = benchmark_instruction(benchmark, job.spec.models.generator.generation.instruction)
+        cost: dict = {}
         scores = score_benchmark(job, generator, tokenizer, reward_model, prm_tokenizer, problems, searcher,
                                  instruction, metrics=metrics,
-                                 progress=lambda share: metrics.progress((number + share) / len(benchmarks)))
+                                 progress=lambda share: metrics.progress((number + share) / len(benchmarks)),
+                                 cost=cost)
         for method, value in scores.items():
             metrics.accuracy(benchmark.name, method, value)
             result.metrics[f"{benchmark.name}/{method}"] = value
@@ -61,7 +63,8 @@ def run(job: StageJob, metrics: StageMetrics, stop: StopRequest) -> StageResult:
         intervals = {method: list(wilson(round(value * len(problems)), len(problems)))
                      for method, value in scores.items()}
         result.details[benchmark.name] = {"problems": len(problems), "answerFormat": problems[0].answer_format
-                                          if problems else None, **scores, "ci95": intervals}
+                                          if problems else None, **scores, "ci95": intervals,
+                                          **({"cost": cost} if cost else {})}
     first = benchmarks[0].name if benchmarks else None
     result.accuracy = result.metrics.get(f"{first}/pass@1")
     if len(benchmarks) > 1:
@@ -88,10 +91,11 @@ def averages(per_benchmark: dict[str, dict]) -> dict[str, float]:
 def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_tokenizer,
                     problems: list[Problem], searcher=None, instruction: str | None = None,
                     evaluation: EvalSpec | None = None, metrics: StageMetrics | None = None,
-                    progress: Callable[[float], None] | None = None) -> dict[str, float]:
+                    progress: Callable[[float], None] | None = None, cost: dict | None = None) -> dict[str, float]:
     """The methods of ``evaluation`` (the eval stage's settings by default) on one benchmark's problems;
-    with ``metrics``, the FLOPs they spend (generation, the PRM's scoring, the search) go there, and
-    ``progress`` hears the share of the benchmark done after each of its parts."""
+    with ``metrics``, the FLOPs they spend (generation, the PRM's scoring, the search) go there,
+    ``progress`` hears the share of the benchmark done after each of its parts, and ``cost`` gets the
+    tokens per problem that greedy decoding and the search generate and the search's parallelism."""
     evaluation = evaluation or job.spec.stages.eval
     sampled = any(method in evaluation.methods for method in ("rm@k", "majority@k"))
     parts = [part for part, runs in (("pass@1", "pass@1" in evaluation.methods), ("samples", sampled),
@@ -105,23 +109,28 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
     questions = [problem.question for problem in problems]
     instruction = generation.instruction if instruction is None else instruction
 
-    def sample(count: int, temperature: float) -> list[list[tuple[list[str], str | None]]]:
+    def sample(count: int, temperature: float) -> tuple[list[list[tuple[list[str], str | None]]], list[int]]:
+        """Each problem's solutions, and the tokens generated for each solution."""
         texts = solve(generator, tokenizer, questions, samples=count, max_new_tokens=evaluation.max_new_tokens,
                       max_prompt_tokens=generation.max_prompt_tokens, temperature=temperature,
                       top_p=generation.top_p, batch_size=evaluation.batch_size, instruction=instruction)
+        generated = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for outputs in texts for text in outputs]
         if metrics is not None:
-            _count_generation(metrics, generator, tokenizer, questions, instruction, texts)
+            _count_generation(metrics, generator, tokenizer, questions, instruction, generated)
         return [[split_solution(text, separator, problem.answer_format) for text in outputs]
-                for outputs, problem in zip(texts, problems)]
+                for outputs, problem in zip(texts, problems)], generated
 
     scores = {}
     torch.manual_seed(SAMPLING_SEED)
     if "pass@1" in evaluation.methods:
-        greedy = [solutions[0] for solutions in sample(1, 0.0)]
+        solutions, generated = sample(1, 0.0)
+        greedy = [solution[0] for solution in solutions]
         scores["pass@1"] = _share(p.solved_by(answer) for (_, answer), p in zip(greedy, problems))
+        if cost is not None and problems:
+            cost["greedyTokensPerProblem"] = sum(generated) / len(problems)
         finished("pass@1")
     if sampled:
-        samples = sample(evaluation.k, evaluation.temperature)
+        samples, _ = sample(evaluation.k, evaluation.temperature)
         finished("samples")
         scores["pass@k"] = _share(any(p.solved_by(a) for _, a in s) for s, p in zip(samples, problems))
         if "majority@k" in evaluation.methods:
@@ -135,6 +144,8 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
         seeds = [PGTS_SEED + number for number in range(len(problems))]
         episodes, found = timed_search(searcher, pgts.planned_limits(job), problems, seeds, greedy_actions=True)
         scores["pgts"] = _share(episode.correct for episode in episodes)
+        if cost is not None:
+            cost.update(pgtsTokensPerProblem=found.tokens_per_problem, pgtsParallelism=found.parallelism)
         if metrics is not None:  # each step's tokens, generated and scored, attending to at most its tree
             tokens = sum(episode.tokens for episode in episodes)
             for role, model in (("generator", searcher.generator), ("rewardModel", searcher.reward_model)):
@@ -144,9 +155,9 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
 
 
 def _count_generation(metrics: StageMetrics, generator, tokenizer, questions: list[str], instruction: str,
-                      texts: list[list[str]]) -> None:
+                      generated: list[int]) -> None:
+    """FLOPs of generating solutions of ``generated`` tokens each after the questions' prompts."""
     prompts = [len(prompt_ids(tokenizer, question, instruction)) for question in questions]
-    generated = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for outputs in texts for text in outputs]
     if generated:
         metrics.flops("generator", flops.generation(flops.Shape.of(generator), len(generated),
                                                     sum(prompts) / len(prompts), sum(generated) / len(generated)))

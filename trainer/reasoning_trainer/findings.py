@@ -76,8 +76,18 @@ def _decoding(evaluation: dict | None) -> list[Finding]:
         if "rm@k" in scores:
             found.append(against("rm@k", ["pass@1", "majority@k"]))
         if "pgts" in scores:
-            found.append(against("pgts", ["pass@1"]))
+            found.append(_with_search_cost(against("pgts", ["pass@1"]), scores.get("cost") or {}))
     return found
+
+
+def _with_search_cost(finding: Finding, cost: dict) -> Finding:
+    """The search's price next to its accuracy: its tokens per problem against greedy decoding's."""
+    search, greedy = cost.get("pgtsTokensPerProblem"), cost.get("greedyTokensPerProblem")
+    if not search or not greedy:
+        return finding
+    return Finding(finding.holds, f"{finding.text[:-1]}, at {search / greedy:.2f}x the tokens of greedy decoding "
+                                  f"({search:.1f} per problem against {greedy:.1f}), parallelism "
+                                  f"{cost.get('pgtsParallelism', 0.0):.2f}.")
 
 
 def _overlap(one: list[float] | None, other: list[float] | None) -> bool:
