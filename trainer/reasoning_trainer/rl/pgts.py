@@ -5,10 +5,11 @@ backtrack or stop.
 Per iteration: problemsPerIteration problems -> batched tree search (search.py), each action
 rewarded with minus its cost, the PRM's potential-based shaping (a difference of step scores, so
 growing the tree does not pay), the invalid-action penalty when an expansion produced nothing and,
-on the last action, +correct / wrong for the answer of the step it stopped at -> GAE (gamma, lambda) -> ppo.epochs epochs of clipped PPO over minibatches of batchSize
-trajectories, the value head fitting returns in units of the outcome reward, at a learning rate that
-warms up and decays linearly to zero over the iterations. The search's accuracy on held-out problems of each benchmark is measured before, every
-evalEvery iterations and after training (rl/held_out.py).
+on the last action, +correct / wrong for the answer of the step it stopped at -> GAE (gamma,
+lambda) -> ppo.epochs epochs of clipped PPO over minibatches of batchSize trajectories, the value
+head fitting returns in units of the outcome reward, at a learning rate that warms up and decays
+linearly to zero over the iterations. The search's accuracy on held-out problems of each benchmark
+is measured before, every evalEvery iterations and after training (rl/held_out.py).
 """
 
 from __future__ import annotations
