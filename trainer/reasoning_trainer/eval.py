@@ -110,11 +110,14 @@ def score_benchmark(job: StageJob, generator, tokenizer, reward_model, prm_token
     instruction = generation.instruction if instruction is None else instruction
 
     def sample(count: int, temperature: float) -> tuple[list[list[tuple[list[str], str | None]]], list[int]]:
-        """Each problem's solutions, and the tokens generated for each solution."""
+        """Each problem's solutions, and the tokens generated for each solution (counted only where
+        the FLOPs or the cost are asked for)."""
         texts = solve(generator, tokenizer, questions, samples=count, max_new_tokens=evaluation.max_new_tokens,
                       max_prompt_tokens=generation.max_prompt_tokens, temperature=temperature,
                       top_p=generation.top_p, batch_size=evaluation.batch_size, instruction=instruction)
-        generated = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for outputs in texts for text in outputs]
+        counted = metrics is not None or cost is not None
+        generated = [len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                     for outputs in texts for text in outputs] if counted else []
         if metrics is not None:
             _count_generation(metrics, generator, tokenizer, questions, instruction, generated)
         return [[split_solution(text, separator, problem.answer_format) for text in outputs]
