@@ -276,6 +276,18 @@ def test_the_rl_stage_trains_the_policy_resumes_and_eval_scores_pgts(plan_file):
     assert cost["greedyTokensPerProblem"] > 0 and cost["pgtsTokensPerProblem"] > 0 and cost["pgtsParallelism"] >= 1
 
 
+def test_a_policy_saved_for_another_network_shape_is_refused_with_the_folder_and_the_fix(tmp_path):
+    from reasoning_trainer.schema.models import PolicyNetworkSpec
+
+    spec = PolicyNetworkSpec(hiddenSize=16, layers=1, heads=2)
+    old = TreePolicy(FEATURE.shape[0], spec)
+    old.policy_head[0] = torch.nn.Linear(32, 16)  # the heads before they read the current step's score
+    old.save(tmp_path / "policy")
+    with pytest.raises(ValueError, match=r"policy: this PGTS policy was saved for another network shape.*"
+                                         r"remove .*policy and run the rl stage again"):
+        TreePolicy.load(tmp_path / "policy", torch.device("cpu"))
+
+
 def test_edge_messages_equal_the_per_edge_sum_without_a_nodes_squared_by_width_tensor():
     from reasoning_trainer.rl.policy import GraphTransformerLayer, encode
 

@@ -224,6 +224,6 @@ def _resume(folder, policy, optimizer) -> tuple[int, list[dict], list[dict]]:
     if not is_complete(folder):
         return 0, [], []
     state = torch.load(folder / "state.pt", weights_only=False)
-    policy.load_state_dict(state["policy"])
+    policy.restore(state["policy"], folder)
     optimizer.load_state_dict(state["optimizer"])
     return state["iteration"], state["history"], state.get("evaluations", [])

@@ -93,8 +93,19 @@ class TreePolicy(nn.Module):
     def load(cls, folder: Path, device: torch.device) -> TreePolicy:
         config = json.loads((folder / "config.json").read_text())
         policy = cls(config["featureSize"], PolicyNetworkSpec.model_validate(config["spec"]))
-        policy.load_state_dict(torch.load(folder / "policy.pt", map_location=device, weights_only=True))
+        policy.restore(torch.load(folder / "policy.pt", map_location=device, weights_only=True), folder)
         return policy.to(device).eval()
+
+    def restore(self, weights: dict, source: Path) -> None:
+        """Load saved weights; weights of another network shape (a policy trained before the heads
+        read the current step's score) say so instead of listing mismatched tensors."""
+        try:
+            self.load_state_dict(weights)
+        except RuntimeError as error:
+            raise ValueError(
+                f"{source}: this PGTS policy was saved for another network shape than this version's "
+                f"({str(error).strip().splitlines()[-1].strip()}); a policy trained by an older reasoning-operator "
+                f"cannot be loaded: remove {source} and run the rl stage again") from error
 
 
 def encode(items: list[tuple[Tree, TreeState]], device: torch.device) -> dict[str, torch.Tensor]:
