@@ -47,6 +47,12 @@ def condition(cluster, name, kind):
     return next((c for c in cluster.status(name).get("conditions", []) if c["type"] == kind), None)
 
 
+def condition_for(cluster, name, kind, reason):
+    """The ``kind`` condition once its reason is ``reason``; None before (or before it exists)."""
+    found = condition(cluster, name, kind)
+    return found if found and found["reason"] == reason else None
+
+
 def events(cluster, reason):
     return [event for event in cluster.events() if event["reason"] == reason]
 
@@ -241,8 +247,7 @@ async def test_image_pull_errors_and_unschedulable_pods_surface_as_conditions(cl
     pod = cluster.start_pod("stuck-sft", phase="Pending", containerStatuses=[
         {"name": "trainer", "state": {"waiting": {"reason": "ImagePullBackOff",
                                                   "message": 'Back-off pulling image "nope:1"'}}}])
-    progressing = await eventually(lambda: condition(cluster, "stuck", "Progressing")
-                                   if condition(cluster, "stuck", "Progressing")["reason"] == "ImagePullBackOff" else None)
+    progressing = await eventually(lambda: condition_for(cluster, "stuck", "Progressing", "ImagePullBackOff"))
     assert progressing["status"] == "False" and "nope:1" in progressing["message"]
     pull_errors = await eventually(lambda: events(cluster, "ImagePullBackOff"))
     assert pull_errors[0]["type"] == "Warning"
@@ -251,8 +256,7 @@ async def test_image_pull_errors_and_unschedulable_pods_surface_as_conditions(cl
             {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
              "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
              "lastTransitionTime": "2020-01-01T00:00:00Z"}]}})
-    progressing = await eventually(lambda: condition(cluster, "stuck", "Progressing")
-                                   if condition(cluster, "stuck", "Progressing")["reason"] == "Unschedulable" else None)
+    progressing = await eventually(lambda: condition_for(cluster, "stuck", "Progressing", "Unschedulable"))
     assert "Insufficient nvidia.com/gpu" in progressing["message"]
 
 
