@@ -31,8 +31,9 @@ install: venv
 
 # The embedded tiny run, every stage on this machine's CPU: outputs/tiny/ (report.html, results).
 # Stages already done are kept; `make run RUN_ARGS=--restart` trains from scratch.
-# It trains on every core (RUN_THREADS); the figures move by a point or two with the thread count,
-# as float sums change order and sampled text with them (bench/RESULTS.md).
+# It trains on every core (RUN_THREADS; an OMP_NUM_THREADS in the environment wins); the figures
+# move by a point or two with the thread count, as float sums change order and sampled text with
+# them (bench/RESULTS.md).
 RUN_ARGS ?=
 RUN_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 run: export OMP_NUM_THREADS := $(RUN_THREADS)
