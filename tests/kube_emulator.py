@@ -265,14 +265,15 @@ async def finish_stage(cluster: Cluster, job: str, accuracy: float | None = None
 
 
 async def eventually(check, timeout: float = 20.0, interval: float = 0.05):
-    """Wait until ``check()`` returns a truthy value (or stops raising AssertionError); return it."""
+    """Wait until ``check()`` returns a truthy value; return it. Until the deadline, an AssertionError,
+    a KeyError or a TypeError (a field of an object not written yet: ``None["reason"]``) means "not yet"."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
             result = check()
             if result:
                 return result
-        except (AssertionError, KeyError):
+        except (AssertionError, KeyError, TypeError):
             if asyncio.get_running_loop().time() > deadline:
                 raise
         if asyncio.get_running_loop().time() > deadline:
